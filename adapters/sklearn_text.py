@@ -1,0 +1,93 @@
+"""The ``sklearn`` adapter: a pickled scikit-learn text classifier.
+
+Serves any fitted estimator (typically a ``Pipeline`` of a vectoriser and a
+classifier) that takes raw strings and has ``predict_proba`` and ``classes_``,
+such as the ``model.joblib`` written by ``training/train_text_classifier.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import joblib
+import numpy as np
+
+from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
+from serving.errors import ModelLoadError
+
+
+class SklearnTextClassifier(ModelAdapter):
+    """A scikit-learn text classifier loaded with ``joblib.load`` from the manifest's ``source``.
+
+    Security: joblib files are pickles, and unpickling runs arbitrary code. Only
+    load a ``model.joblib`` you trained yourself or otherwise trust, never one
+    uploaded by a user or downloaded from an unknown place. The file should also
+    be loaded with the scikit-learn version that wrote it (``metrics.json``
+    records it); other versions warn and may predict differently.
+
+    ``source`` is a path relative to the model folder (``model.joblib``). If the
+    manifest lists ``labels``, they must be the model's classes (in any order);
+    ``self.labels`` is always the model's own order, that of ``predict_proba``.
+    """
+
+    task = TEXT_CLASSIFICATION
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._model: Any = None
+
+    def load(self) -> None:
+        """Unpickle the estimator and check that it can classify; raises ``ModelLoadError``."""
+        source = self.manifest.source
+        if not source:
+            raise ModelLoadError(self.name, "manifest has no source (the model file, e.g. model.joblib)")
+        path = self.resolve(source)
+        if not path.is_file():
+            raise ModelLoadError(
+                self.name, f"{source} not found (train it: python training/train_text_classifier.py --out <folder>)"
+            )
+        try:
+            model = joblib.load(path)
+        # Unpickling fails in many ways (truncated file, missing module, version
+        # skew); every one of them means the same thing: this model cannot load.
+        except Exception as exc:
+            raise ModelLoadError(self.name, f"cannot load {source}: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+        if not hasattr(model, "predict_proba"):
+            raise ModelLoadError(self.name, f"{source} holds a {type(model).__name__} without predict_proba")
+        try:
+            classes = list(model.classes_)
+        except AttributeError:  # also what an unfitted Pipeline raises
+            raise ModelLoadError(self.name, f"{source} holds a {type(model).__name__} without classes_ (not fitted?)") from None
+        labels = [str(c) for c in classes]
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ModelLoadError(self.name, f"{source} has classes {labels}; need two or more distinct ones")
+        if self.manifest.labels and set(self.manifest.labels) != set(labels):
+            raise ModelLoadError(
+                self.name, f"manifest labels {sorted(self.manifest.labels)} differ from the model's classes {sorted(labels)}"
+            )
+        self._model = model
+        self.labels = labels
+
+    def predict(self, batch: Sequence[str]) -> list[Classification]:
+        """One ``Classification`` per text, in order, from a single ``predict_proba`` call."""
+        if self._model is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        texts = list(batch)
+        if not texts:
+            return []
+        probabilities = np.asarray(self._model.predict_proba(texts), dtype=float)
+        best = probabilities.argmax(axis=1)
+        labels = self.labels
+        return [
+            Classification(label=labels[i], scores={label: float(p) for label, p in zip(labels, row)})
+            for i, row in zip(best.tolist(), probabilities.tolist())
+        ]
+
+    def unload(self) -> None:
+        self._model = None
+        super().unload()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or "no detail"

@@ -1,0 +1,126 @@
+"""Compatibility routes: the seed material's own clients work unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask import Blueprint, jsonify, request
+from flask_pydantic_spec import MultipartFormRequest
+
+from adapters.detection import DetectionOptions
+from api import operations as ops
+from api.context import services
+from api.schemas import (
+    CacheCleared,
+    DetectRequest,
+    DetectResponse,
+    FlatPredictRequest,
+    FlatPredictResponse,
+    Health,
+    Info,
+    ObjectDetectionResponse,
+    PredictionRequest,
+    PredictionResponse,
+)
+from api.spec import API_TITLE, API_VERSION, responses, spec
+from serving.errors import InvalidInput, UnsupportedMediaType
+from utils_serve import load_image_file, normalized_box
+
+compat = Blueprint("compat", __name__)
+
+
+@compat.post("/")
+@spec.validate(
+    body=DetectRequest,
+    resp=responses(DetectResponse, 400, 401, 404, 413, 415, 422, 503),
+    tags=["compatibility"],
+)
+def vision_detect():
+    """Vision-style batch detection (send `X-Api-Token` when API keys are set)."""
+    return jsonify(ops.answer_detect_request(request.context.body))
+
+
+@compat.post("/predict")
+@spec.validate(
+    body=FlatPredictRequest,
+    resp=responses(FlatPredictResponse, 400, 401, 404, 413, 415, 422, 503),
+    tags=["compatibility"],
+)
+def flat_predict():
+    """One base64 image with flat options -> `normalizedVertices`."""
+    body: FlatPredictRequest = request.context.body
+    image = ops.decode_images([body.image], "image")[0]
+    _, results = ops.detect(None, [image], body.feature().options())
+    vertices = [
+        {**normalized_box(det, image.width, image.height), "score": round(float(det.score), 4)}
+        for det in results[0]
+    ]
+    return jsonify(normalizedVertices=vertices)
+
+
+@compat.post("/prediction")
+@spec.validate(
+    body=PredictionRequest,
+    resp=responses(PredictionResponse, 400, 401, 413, 415, 422, 503),
+    tags=["compatibility"],
+)
+def prediction():
+    """`{"text"}` -> `{"category"}` with the default classifier."""
+    body: PredictionRequest = request.context.body
+    ops.check_texts([body.text], "text")
+    _, results = ops.classify(None, [body.text])
+    return jsonify(category=results[0].label)
+
+
+@compat.post("/object-detection")
+@spec.validate(
+    body=MultipartFormRequest(file_key="image"),
+    resp=responses(ObjectDetectionResponse, 400, 401, 413, 415, 422, 503),
+    tags=["compatibility"],
+)
+def object_detection():
+    """Multipart upload of one `image` file -> objects with pixel boxes."""
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("send the image as multipart/form-data", details={"field": "image"})
+    upload = request.files.get("image")
+    if upload is None:
+        raise InvalidInput("multipart field 'image' is missing", details={"field": "image"})
+    image = load_image_file(upload.read(services().limits.max_bytes + 1), services().limits)
+    _, results = ops.detect(None, [image], DetectionOptions())
+    objects = [
+        {
+            "box": [round(d.x1), round(d.y1), round(d.x2), round(d.y2)],
+            "label": d.label,
+            "score": round(float(d.score), 4),
+        }
+        for d in results[0]
+    ]
+    return jsonify(objects=objects)
+
+
+@compat.delete("/cache")
+@spec.validate(resp=responses(CacheCleared, 401), tags=["compatibility"])
+def clear_cache():
+    """Empty the prediction cache."""
+    return jsonify(cleared=services().predictor.cache.clear())
+
+
+@compat.get("/healthCheck")
+@spec.validate(resp=responses(Health), tags=["compatibility"])
+def health_check():
+    """Liveness, under the seed's name."""
+    return jsonify(status="ok")
+
+
+@compat.get("/info")
+@spec.validate(resp=responses(Info, 401), tags=["compatibility"])
+def info():
+    """Service name, version, default models and every model's metadata."""
+    settings = services().settings
+    return jsonify(
+        name=API_TITLE,
+        version=API_VERSION,
+        default_classifier=settings.default_classifier,
+        default_detector=settings.default_detector,
+        models=[asdict(m.info()) for m in services().registry],
+    )

@@ -1,0 +1,141 @@
+"""The canonical, versioned API: ``/v1/...`` plus health and readiness."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask import Blueprint, g, jsonify, request
+
+from adapters.base import OBJECT_DETECTION, TEXT_CLASSIFICATION
+from api import operations as ops
+from api.context import services
+from api.schemas import (
+    CacheCleared,
+    ClassifyRequest,
+    ClassifyResponse,
+    DetectRequest,
+    DetectResponse,
+    Health,
+    ModelCard,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    Readiness,
+)
+from api.spec import responses, spec
+from serving.errors import WrongTask
+from utils_serve import classification_json
+
+v1 = Blueprint("v1", __name__)
+
+
+@v1.after_app_request
+def cache_header(response):
+    """``X-Cache``: HIT when every item came from the prediction cache, MISS when
+    none did, PARTIAL in between."""
+    items = g.get("cache_items", 0)
+    if items:
+        hits = g.get("cache_hits", 0)
+        response.headers["X-Cache"] = "HIT" if hits == items else ("MISS" if hits == 0 else "PARTIAL")
+    return response
+
+
+@v1.get("/v1/models")
+@spec.validate(resp=responses(ModelList), tags=["models"])
+def list_models():
+    """Every served model: name, task, version, labels, readiness."""
+    return jsonify(models=[asdict(m.info()) for m in services().registry])
+
+
+@v1.get("/v1/models/<name>")
+@spec.validate(resp=responses(ModelCard, 404), tags=["models"])
+def get_model(name: str):
+    """One model's metadata."""
+    return jsonify(asdict(services().registry.get(name).info()))
+
+
+@v1.post("/v1/models/<name>/predict")
+@spec.validate(
+    body=PredictRequest,
+    resp=responses(PredictResponse, 400, 401, 404, 413, 415, 422, 503),
+    tags=["models"],
+)
+def predict(name: str):
+    """Run any model on a batch of inputs.
+
+    Text models take texts and answer `{category, scores}` per input; image
+    models take base64 image files and answer `{width, height, objects}`.
+    `parameters` holds the detection options.
+    """
+    body: PredictRequest = request.context.body
+    adapter = services().registry.get(name)
+    ops.check_batch(len(body.inputs), "inputs")
+    if adapter.task == TEXT_CLASSIFICATION:
+        ops.check_texts(body.inputs, "inputs[{i}]")
+        _, results = ops.classify(name, body.inputs)
+        outputs = [classification_json(r) for r in results]
+    elif adapter.task == OBJECT_DETECTION:
+        images = ops.decode_images(body.inputs, "inputs[{i}]")
+        _, results = ops.detect(name, images, body.parameters.options())
+        outputs = [ops.detection_output(img, objs) for img, objs in zip(images, results)]
+    else:  # an adapter of a task this API version does not know
+        raise WrongTask(f"model {name!r} does {adapter.task}, which this route cannot serve")
+    return jsonify(model=name, version=adapter.manifest.version, task=adapter.task, outputs=outputs)
+
+
+@v1.post("/v1/detect")
+@spec.validate(
+    body=DetectRequest,
+    resp=responses(DetectResponse, 400, 401, 404, 413, 415, 422, 503),
+    tags=["detection"],
+)
+def detect():
+    """Vision-style batch detection: one response per request, in order."""
+    return jsonify(ops.answer_detect_request(request.context.body))
+
+
+@v1.post("/v1/classify")
+@spec.validate(
+    body=ClassifyRequest,
+    resp=responses(ClassifyResponse, 400, 401, 404, 413, 415, 422, 503),
+    tags=["classification"],
+)
+def classify():
+    """Text classification: `{"text": ...}` or `{"texts": [...]}`."""
+    body: ClassifyRequest = request.context.body
+    if body.text is not None:
+        ops.check_texts([body.text], "text")
+        name, results = ops.classify(body.model, [body.text])
+        return jsonify(model=name, **classification_json(results[0]))
+    ops.check_batch(len(body.texts), "texts")
+    ops.check_texts(body.texts, "texts[{i}]")
+    name, results = ops.classify(body.model, body.texts)
+    return jsonify(model=name, results=[classification_json(r) for r in results])
+
+
+@v1.delete("/v1/cache")
+@spec.validate(resp=responses(CacheCleared, 401), tags=["cache"])
+def clear_cache():
+    """Empty the prediction cache."""
+    return jsonify(cleared=services().predictor.cache.clear())
+
+
+@v1.get("/healthz")
+@spec.validate(resp=responses(Health), tags=["health"])
+def healthz():
+    """Liveness: the process answers."""
+    return jsonify(status="ok")
+
+
+@v1.get("/readyz")
+@spec.validate(resp=responses(Readiness, 503), tags=["health"])
+def readyz():
+    """Readiness: every model is loaded (503 otherwise, with the per-model state)."""
+    registry = services().registry
+    states = {m.name: m.ready for m in registry}
+    ready = registry.ready
+    response = jsonify(status="ready" if ready else "not_ready", models=states)
+    if not ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+    return response

@@ -1,0 +1,243 @@
+"""Request and response bodies of the HTTP API, as pydantic models.
+
+flask-pydantic-spec validates requests against these and derives ``openapi.yml``
+from them. Request models forbid unknown fields and NaN/Infinity, so a typo in
+a field name is a 422 that names the field instead of a silently ignored option.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adapters.detection import DetectionOptions
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# --- detection -------------------------------------------------------------
+
+
+class Feature(Strict):
+    """Detection options, named as in the seed API."""
+
+    maxResults: int = Field(20, ge=1, le=1000, description="Most objects returned.")
+    score_th: float = Field(0.3, ge=0, le=1, description="Lowest score kept.")
+    nms_iou: float = Field(0.4, ge=0, le=1, description="IoU above which overlapping boxes of one label are merged.")
+    min_height: float = Field(0.0, ge=0, le=1, description="Smallest box height, as a fraction of the image height.")
+    min_width: float = Field(0.0, ge=0, le=1, description="Smallest box width, as a fraction of the image width.")
+    type: Optional[str] = Field(None, max_length=200, description="Keep only this label.")
+
+    def options(self) -> DetectionOptions:
+        return DetectionOptions(
+            max_results=self.maxResults,
+            score_th=self.score_th,
+            nms_iou=self.nms_iou,
+            min_height=self.min_height,
+            min_width=self.min_width,
+            label=self.type,
+        )
+
+
+class ImageContent(Strict):
+    content: str = Field(min_length=1, description="The image file (JPEG, PNG, ...) in base64.")
+
+
+class DetectItem(Strict):
+    image: ImageContent
+    features: list[Feature] = Field(
+        default_factory=lambda: [Feature()],
+        min_length=1,
+        max_length=16,
+        description="Each feature is one set of options; their objects are concatenated.",
+    )
+    model: Optional[str] = Field(None, max_length=64, description="Detection model; the default detector if omitted.")
+
+
+class DetectRequest(Strict):
+    requests: list[DetectItem] = Field(min_length=1, description="One entry per image.")
+
+
+class PixelBox(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class NormalizedBox(BaseModel):
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+class DetectedObject(BaseModel):
+    label: str
+    score: float
+    box: PixelBox = Field(description="Corners in pixels of the upright (EXIF-rotated) image.")
+    normalizedBox: NormalizedBox = Field(description="Top-left corner and size as fractions of the image.")
+
+
+class DetectResult(BaseModel):
+    model: str
+    width: int
+    height: int
+    objects: list[DetectedObject]
+
+
+class DetectResponse(BaseModel):
+    responses: list[DetectResult]
+
+
+# --- classification ----------------------------------------------------------
+
+
+class ClassifyRequest(Strict):
+    text: Optional[str] = Field(None, description="One text.")
+    texts: Optional[list[str]] = Field(None, min_length=1, description="Several texts, answered in order.")
+    model: Optional[str] = Field(None, max_length=64, description="Classifier; the default classifier if omitted.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ClassifyRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' or 'texts'")
+        return self
+
+
+class ClassScores(BaseModel):
+    category: str
+    scores: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    category: Optional[str] = Field(None, description="For a single 'text'.")
+    scores: Optional[dict[str, float]] = Field(None, description="For a single 'text'.")
+    results: Optional[list[ClassScores]] = Field(None, description="For 'texts', in order.")
+
+
+# --- generic predict -----------------------------------------------------------
+
+
+class PredictRequest(Strict):
+    inputs: list[str] = Field(
+        min_length=1, description="Texts for text models, base64 image files for image models."
+    )
+    parameters: Feature = Field(default_factory=Feature, description="Detection options (image models).")
+
+
+class DetectionOutput(BaseModel):
+    width: int
+    height: int
+    objects: list[DetectedObject]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    task: str
+    outputs: list[Any] = Field(description="ClassScores for text models, DetectionOutput for detectors.")
+
+
+# --- models and health ---------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    name: str
+    task: str
+    adapter: str
+    version: str
+    labels: list[str]
+    description: str
+    ready: bool
+
+
+class ModelList(BaseModel):
+    models: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    models: dict[str, bool]
+
+
+class CacheCleared(BaseModel):
+    cleared: int
+
+
+class Info(BaseModel):
+    name: str
+    version: str
+    models: list[ModelCard]
+    default_classifier: str
+    default_detector: str
+
+
+# --- compatibility routes ------------------------------------------------------------
+
+
+class FlatPredictRequest(Strict):
+    """``POST /predict``: one base64 image with the options beside it."""
+
+    image: str = Field(min_length=1, description="The image file in base64.")
+    maxResults: int = Field(20, ge=1, le=1000)
+    score_th: float = Field(0.3, ge=0, le=1)
+    nms_iou: float = Field(0.4, ge=0, le=1)
+    min_height: float = Field(0.0, ge=0, le=1)
+    min_width: float = Field(0.0, ge=0, le=1)
+    type: Optional[str] = Field(None, max_length=200)
+
+    def feature(self) -> Feature:
+        return Feature(**self.model_dump(exclude={"image"}))
+
+
+class Vertex(BaseModel):
+    x: float
+    y: float
+    width: float
+    height: float
+    score: float
+
+
+class FlatPredictResponse(BaseModel):
+    normalizedVertices: list[Vertex]
+
+
+class PredictionRequest(Strict):
+    text: str
+
+
+class PredictionResponse(BaseModel):
+    category: str
+
+
+class SimpleObject(BaseModel):
+    box: list[int] = Field(description="[x1, y1, x2, y2] in pixels.")
+    label: str
+    score: float
+
+
+class ObjectDetectionResponse(BaseModel):
+    objects: list[SimpleObject]
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+    request_id: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,80 @@
+"""The flask-pydantic-spec instance every route is declared on, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Flask
+from flask_pydantic_spec import FlaskPydanticSpec, Response
+from pydantic import ValidationError
+
+from serving.errors import ValidationFailed
+
+API_TITLE = "serve-http"
+API_VERSION = "1.0.0"
+
+
+def field_path(loc: tuple) -> str:
+    """``("requests", 0, "image")`` -> ``requests[0].image``; the body itself is ``body``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "body"
+
+
+def validation_details(error: ValidationError, prefix: tuple = ()) -> list[dict[str, Any]]:
+    """Field path, message and type of each problem; the offending input is not echoed."""
+    return [
+        {
+            "field": field_path(prefix + tuple(item["loc"])),
+            "message": item["msg"],
+            "type": item["type"],
+        }
+        for item in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+def _raise_validation(request, response, error, instance) -> None:
+    if error is not None:
+        raise ValidationFailed("request body does not match the schema", details=validation_details(error))
+
+
+spec = FlaskPydanticSpec(
+    "flask",
+    title=API_TITLE,
+    version=API_VERSION,
+    path="apidoc",
+    before=_raise_validation,
+)
+
+
+def responses(ok, *errors: int) -> Response:
+    """A route's documented responses: its 200 model and the error codes it can answer."""
+    from api.schemas import ErrorResponse
+
+    codes = {f"HTTP_{code}": ErrorResponse for code in errors}
+    # Responses are built by our own code from our own models; validating them
+    # again on every request costs time and proves nothing new.
+    return Response(HTTP_200=ok, validate=False, **codes)
+
+
+def openapi_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of the app, with the API-key security schemes added."""
+    spec.register(app, register_route=False)
+    spec.__dict__.pop("_spec", None)  # generated per app: tests build several
+    document = dict(spec.spec)
+    components = dict(document.get("components", {}))
+    components["securitySchemes"] = {
+        "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Token"},
+        "BearerAuth": {"type": "http", "scheme": "bearer"},
+    }
+    document["components"] = components
+    document["security"] = [{}, {"ApiKeyHeader": []}, {"BearerAuth": []}]
+    document["info"] = {
+        **document.get("info", {}),
+        "description": "Model server: detection and classification over JSON. "
+        "Every error is {error: {code, message, details, request_id}}.",
+    }
+    # The generator leaves defaultdicts inside; plain JSON types only.
+    return json.loads(json.dumps(document))

@@ -1,0 +1,242 @@
+"""The HTTP layer: ``create_app(settings)`` and the WSGI ``app`` Gunicorn serves.
+
+Thin by design: request ids, authentication, content-type and JSON checks, and
+the one table that maps the service's errors to HTTP statuses. Routes live in
+``api/``; models in ``predict.py``.
+
+``gunicorn -c gunicorn.conf.py serve_http:app`` builds the app (and loads the
+models) in the master when ``app`` is first read; importing this module loads
+nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+from typing import Any
+
+import orjson
+from flask import Flask, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
+from flask.wrappers import Request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api.compat import compat
+from api.context import EXTENSION, Services
+from api.docs import docs
+from api.routes import v1
+from api.spec import spec
+from predict import ModelRegistry, Predictor
+from serving.cache import build_cache
+from serving.errors import (
+    InvalidInput,
+    ModelNotFound,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    ServeError,
+    Unauthorized,
+    UnsupportedMediaType,
+    ValidationFailed,
+    WrongTask,
+)
+from serving.settings import Settings
+from utils_serve import ImageLimits
+
+log = logging.getLogger("serve_http")
+
+# The one place errors become HTTP statuses; subclasses inherit their parent's.
+STATUS: dict[type[ServeError], int] = {
+    InvalidInput: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    ModelNotFound: 404,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    ValidationFailed: 422,
+    WrongTask: 422,
+    NotReady: 503,
+}
+
+# Routes anyone may call when API keys are set.
+PUBLIC_ENDPOINTS = {
+    "v1.healthz",
+    "v1.readyz",
+    "compat.health_check",
+    "docs.swagger",
+    "docs.redoc",
+    "docs.openapi_json",
+    "docs.asset",
+    "docs.index",
+}
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """orjson for speed and strictness: NaN/Infinity, invalid UTF-8 and nesting
+    deeper than 1024 levels are parse errors (400), never a crash."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+
+class ApiRequest(Request):
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        raise InvalidInput("request body is not valid JSON")
+
+
+def _takes_json(view: Any) -> bool:
+    """Whether a route validates a JSON body (flask-pydantic-spec stores the
+    model class itself, or a Request wrapper with its content type)."""
+    body = getattr(view, "body", None)
+    if body is None:
+        return False
+    return getattr(body, "content_type", "application/json") == "application/json"
+
+
+def status_of(error: ServeError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(status: int, code: str, message: str, details: Any = None):
+    body = {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details,
+            "request_id": getattr(g, "request_id", ""),
+        }
+    }
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> Flask:
+    """Build the app; loads every model of the repository unless a registry is given."""
+    settings = settings or Settings()
+    if registry is None:
+        registry = ModelRegistry(settings.model_repository, settings.models)
+        registry.load_all()
+
+    app = Flask(__name__)
+    app.request_class = ApiRequest
+    app.json = OrjsonProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Multipart parts live in memory up to the body limit; no temp files.
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
+
+    cache = build_cache(
+        settings.cache_backend, settings.cache_dir, settings.cache_max_bytes, settings.cache_max_items
+    )
+    app.extensions[EXTENSION] = Services(
+        settings=settings,
+        registry=registry,
+        predictor=Predictor(registry, cache),
+        limits=ImageLimits(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            formats=tuple(settings.image_formats),
+        ),
+    )
+
+    app.register_blueprint(v1)
+    app.register_blueprint(compat)
+    app.register_blueprint(docs)
+    spec.register(app, register_route=False)
+
+    _install_hooks(app, settings)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_hooks(app: Flask, settings: Settings) -> None:
+    keys = [key.encode() for key in settings.api_keys]
+
+    @app.before_request
+    def assign_request_id() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.before_request
+    def authenticate() -> None:
+        if not keys or request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
+            return
+        offered = request.headers.get("X-Api-Token", "")
+        if not offered:
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            offered = token.strip() if scheme.lower() == "bearer" else ""
+        # Compare against every key, always, so timing tells nothing.
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(offered.encode(), key)
+        if not matched:
+            raise Unauthorized("missing or invalid API key")
+
+    @app.before_request
+    def parse_json_body() -> None:
+        view = app.view_functions.get(request.endpoint or "")
+        if not _takes_json(view):
+            return
+        if request.mimetype != "application/json":
+            raise UnsupportedMediaType(
+                "send the body as application/json",
+                details={"content_type": request.mimetype or None},
+            )
+        # Parse now, strictly; the validator then reads the cached result.
+        request.get_json()
+
+    @app.after_request
+    def add_request_id(response):
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+
+def _install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ServeError)
+    def serve_error(error: ServeError):
+        status = status_of(error)
+        response = error_response(status, error.code, error.message, error.details)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="serve-http"'
+        if status == 503:
+            response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(error: RequestEntityTooLarge):
+        return error_response(
+            413, "payload_too_large", f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = error_response(error.code or 500, code, error.description or error.name)
+        if error.code == 405 and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        log.exception("unhandled error (request_id=%s)", g.get("request_id", ""))
+        return error_response(500, "internal_error", "internal server error")
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `serve_http:app` is built on first access, so tests and tools can
+    # import this module without loading any model.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,80 @@
+"""One small error hierarchy for the whole service.
+
+The model layer and the codecs raise these; ``serve_http`` maps each class to an
+HTTP status in one table. Messages are written for the client: they never carry
+a traceback or internal paths.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServeError(Exception):
+    """Base of every error the service reports to a client."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidInput(ServeError):
+    """The input is malformed: bad base64, not an image, bad JSON."""
+
+    code = "invalid_input"
+
+
+class UnsupportedFormat(InvalidInput):
+    """The input is an image, but of a format outside the allow-list."""
+
+    code = "unsupported_format"
+
+
+class ValidationFailed(ServeError):
+    """The request parsed but its fields break the schema (details name the field path)."""
+
+    code = "validation_failed"
+
+
+class Unauthorized(ServeError):
+    code = "unauthorized"
+
+
+class NotFound(ServeError):
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class WrongTask(ServeError):
+    """A model was asked to do what its task is not (e.g. detect with a classifier)."""
+
+    code = "wrong_task"
+
+
+class PayloadTooLarge(ServeError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServeError):
+    code = "unsupported_media_type"
+
+
+class NotReady(ServeError):
+    """A model is not loaded (yet, or it failed to load)."""
+
+    code = "not_ready"
+
+
+class ModelLoadError(Exception):
+    """A model folder cannot be loaded; raised at start-up, never to a client."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"model {model!r}: {reason}")
+        self.model = model
+        self.reason = reason

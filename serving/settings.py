@@ -1,0 +1,187 @@
+"""Every knob of serve-http, declared once.
+
+The service, ``gunicorn.conf.py``, the README's settings table and the tests all
+read this class. Each field has an environment name, a default and a one-line
+description. Service knobs carry the ``SERVE_`` prefix; the Gunicorn process
+knobs keep the names operators already use (``PORT``, ``WORKERS`` ...).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+ENV_PREFIX = "SERVE_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _process_knob(name: str, default, description: str, **constraints):
+    """A Gunicorn knob read from its bare name (``PORT``) or the prefixed one."""
+    return Field(
+        default,
+        description=description,
+        validation_alias=AliasChoices(name, ENV_PREFIX + name),
+        **constraints,
+    )
+
+
+def default_workers() -> int:
+    """The design card's 2 x cores + 1."""
+    return 2 * (os.cpu_count() or 1) + 1
+
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Settings from the environment, a ``.env`` file, or keyword arguments."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- models ---------------------------------------------------------
+    model_repository: Path = Field(
+        REPO_ROOT / "models", description="Folder with one sub-folder per served model."
+    )
+    models: CommaList = Field(
+        default_factory=list,
+        description="Comma-separated model names to serve; empty serves every folder.",
+    )
+    default_classifier: str = Field(
+        "sentiment", description="Model used by /v1/classify and /prediction when none is named."
+    )
+    default_detector: str = Field(
+        "faces", description="Model used by /v1/detect, /, /predict and /object-detection."
+    )
+
+    # --- limits ---------------------------------------------------------
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
+    )
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest decoded image file accepted (413 above)."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest width x height accepted; guards against decompression bombs."
+    )
+    image_formats: CommaList = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"],
+        description="Image formats (Pillow names) that are opened; anything else is 400.",
+    )
+    max_batch_items: int = Field(
+        64, gt=0, description="Most inputs one request may carry (422 above)."
+    )
+    max_text_chars: int = Field(
+        20_000, gt=0, description="Longest text accepted for classification (422 above)."
+    )
+
+    # --- prediction cache -----------------------------------------------
+    cache_backend: Literal["disk", "memory", "none"] = Field(
+        "disk", description="Prediction cache: disk (shared by workers), memory (per worker) or none."
+    )
+    cache_dir: Path = Field(
+        REPO_ROOT / "var" / "cache", description="Folder of the disk cache."
+    )
+    cache_max_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Size bound of the disk cache; least recently used entries go first."
+    )
+    cache_max_items: int = Field(
+        10_000, gt=0, description="Entry bound of the memory cache."
+    )
+
+    # --- security -------------------------------------------------------
+    api_keys: CommaList = Field(
+        default_factory=list,
+        description="Accepted API keys (X-Api-Token or Authorization: Bearer); empty disables auth.",
+    )
+
+    # --- gunicorn process -----------------------------------------------
+    host: str = _process_knob("HOST", "0.0.0.0", "Address Gunicorn binds.")
+    port: int = _process_knob("PORT", 8000, "Port Gunicorn binds.", ge=0, le=65535)
+    workers: int = Field(
+        default_factory=default_workers,
+        description="Gunicorn worker processes (default 2 x cores + 1).",
+        validation_alias=AliasChoices("WORKERS", ENV_PREFIX + "WORKERS"),
+        gt=0,
+    )
+    threads: int = _process_knob("THREADS", 4, "Threads per worker (gthread worker class).", gt=0)
+    worker_class: str = _process_knob(
+        "WORKER_CLASS", "gthread", "Gunicorn worker class: gthread, sync or gevent."
+    )
+    timeout: int = _process_knob("TIMEOUT", 60, "Seconds a silent worker lives before it is killed and replaced.", gt=0)
+    graceful_timeout: int = _process_knob(
+        "GRACEFUL_TIMEOUT", 30, "Seconds in-flight requests get to finish on shutdown.", gt=0
+    )
+    keepalive: int = _process_knob("KEEPALIVE", 5, "Seconds an idle keep-alive connection is held.", ge=0)
+    log_level: str = _process_knob("LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
+    access_log: str = _process_knob(
+        "ACCESS_LOG", "-", "Access log target: - for stdout, a file path, or empty to disable."
+    )
+    access_log_format: str = _process_knob(
+        "ACCESS_LOG_FORMAT",
+        '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s rid=%({x-request-id}o)s',
+        "Gunicorn access log format.",
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Torch intra-op threads per worker; 0 picks max(1, cores // workers)."
+    )
+
+    @field_validator("models", "image_formats", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("image_formats")
+    @classmethod
+    def _upper_formats(cls, value: list[str]) -> list[str]:
+        return [item.upper() for item in value]
+
+    def torch_threads_per_worker(self) -> int:
+        """Intra-op threads so that workers x threads never exceeds the cores."""
+        if self.torch_threads:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def env_names(name: str) -> list[str]:
+    """The environment names a field is read from, first one preferred."""
+    field = Settings.model_fields[name]
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [ENV_PREFIX + name.upper()]
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the class."""
+    rows = ["| env | default | description |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = field.default_factory()
+        else:
+            default = field.default
+        if name == "workers":
+            default = "2 x cores + 1"
+        elif isinstance(default, list):
+            default = ",".join(default)
+        elif isinstance(default, Path):
+            default = os.path.relpath(default, REPO_ROOT)
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{env_names(name)[0]}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_table())

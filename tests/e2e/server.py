@@ -1,0 +1,102 @@
+"""A real Gunicorn process for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from serving.settings import REPO_ROOT
+
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GunicornServer:
+    """``gunicorn -c gunicorn.conf.py serve_http:app`` with the given environment.
+
+    ``start`` returns once ``/readyz`` answers 200, or fails with the server's
+    own output if it exits or is not ready within ``ready_timeout`` seconds.
+    """
+
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None, ready_timeout: float = 120) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.access_log = tmp / "access.log"
+        self.output = tmp / "gunicorn.out"
+        self.ready_timeout = ready_timeout
+        self.env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "WORKERS": "2",
+            "ACCESS_LOG": str(self.access_log),
+            "SERVE_CACHE_DIR": str(tmp / "cache"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.ready_seconds = 0.0
+
+    def start(self) -> "GunicornServer":
+        self.started_at = time.monotonic()
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen(
+                [str(GUNICORN), "-c", "gunicorn.conf.py", "serve_http:app"],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    self.ready_seconds = time.monotonic() - self.started_at
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)  # polling a condition, bounded by the deadline
+        self.stop()
+        raise RuntimeError(f"gunicorn not ready after {self.ready_timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def worker_pids(self) -> set[int]:
+        assert self.process is not None
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
+        return {int(pid) for pid in out.split()}
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def __enter__(self) -> "GunicornServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

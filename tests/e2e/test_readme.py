@@ -1,0 +1,48 @@
+"""The README's curl examples, run as written against a real Gunicorn."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from serving.settings import REPO_ROOT
+from tests.e2e.server import GunicornServer
+
+pytestmark = pytest.mark.e2e
+
+
+def try_it_blocks() -> list[str]:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)```", section, re.S)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # The repository's own models, as `make serve` runs them.
+    with GunicornServer(tmp_path_factory.mktemp("readme"), env={"WORKERS": "2"}) as server:
+        yield server
+
+
+def test_every_readme_curl_answers_as_documented(server, tmp_path):
+    blocks = try_it_blocks()
+    assert len(blocks) >= 6
+    # Each curl also prints its status on a line of its own.
+    script = "set -euo pipefail\ncurl() { command curl -w '\\n@@%{http_code}\\n' \"$@\"; }\n"
+    script += "\n".join(block.replace("localhost:8000", f"127.0.0.1:{server.port}") for block in blocks)
+    done = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answers = re.findall(r"(.*?)\n@@(\d{3})\n", done.stdout, re.S)
+    curls = sum(block.count("curl ") for block in blocks)
+    assert len(answers) == curls
+    statuses = [int(status) for _, status in answers]
+    # All succeed but the two mistakes shown at the end.
+    assert statuses[:-2] == [200] * (curls - 2)
+    assert statuses[-2:] == [400, 422]
+    for body, _ in answers:
+        json.loads(body)
+    detect = json.loads(answers[0][0])
+    assert len(detect["responses"][0]["objects"]) == 1

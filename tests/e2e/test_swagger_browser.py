@@ -1,0 +1,102 @@
+"""The Swagger UI of a running Gunicorn, in a real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.e2e.server import GunicornServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def server(model_repo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gunicorn-docs")
+    with GunicornServer(tmp, env={"SERVE_MODEL_REPOSITORY": str(model_repo), "WORKERS": "1"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "run `make browser` (Debian chromium and chromium-driver)"
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,2000",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    yield chrome
+    chrome.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def requested_urls(browser) -> list[str]:
+    urls = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def test_swagger_lists_operations_and_runs_try_it_out(server, browser):
+    browser.get(server.url + "/apidoc/swagger")
+    wait = WebDriverWait(browser, 30)
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".opblock")))
+    paths = {el.get_attribute("data-path") for el in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/detect", "/v1/classify", "/v1/models", "/readyz", "/", "/predict", "/prediction"} <= paths
+
+    # Open POST /v1/classify, press "Try it out", put a body in and execute it.
+    block = browser.find_element(By.ID, "operations-classification-classify")
+    block.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#operations-classification-classify .try-out__btn"))).click()
+    editor = wait.until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, "#operations-classification-classify textarea.body-param__text"))
+    )
+    editor.clear()
+    editor.send_keys('{"text": "a warm, funny, beautifully acted film"}')
+    block.find_element(By.CSS_SELECTOR, ".execute").click()
+
+    status = wait.until(
+        EC.presence_of_element_located(
+            (By.CSS_SELECTOR, "#operations-classification-classify .live-responses-table tbody .response-col_status")
+        )
+    )
+    assert status.text.strip().startswith("200")
+    body = block.find_element(By.CSS_SELECTOR, ".live-responses-table tbody .microlight").text
+    assert json.loads(body)["category"] == "fresh"
+
+    # Every file the page loaded came from our server: nothing from a CDN.
+    urls = [u for u in requested_urls(browser) if u.startswith("http")]
+    assert urls and all(u.startswith(server.url) for u in urls), urls
+
+
+def test_redoc_renders_offline(server, browser):
+    browser.get(server.url + "/apidoc/redoc")
+    WebDriverWait(browser, 30).until(
+        EC.text_to_be_present_in_element((By.CSS_SELECTOR, "body"), "Vision-style batch detection")
+    )
+    urls = [u for u in requested_urls(browser) if u.startswith("http")]
+    assert all(u.startswith(server.url) for u in urls), urls

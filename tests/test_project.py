@@ -1,0 +1,82 @@
+"""The repository keeps its promises: generated files match the code, the
+Dockerfile matches the Makefile."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from scripts.gen_openapi import generate
+from scripts.sync_readme_settings import readme_table
+from serving.settings import REPO_ROOT, settings_table
+
+
+def test_openapi_yml_is_generated_from_the_code():
+    checked_in = yaml.safe_load((REPO_ROOT / "openapi.yml").read_text())
+    assert checked_in == yaml.safe_load(generate()), "openapi.yml drifted: run `make openapi`"
+
+
+def test_openapi_documents_every_route():
+    paths = yaml.safe_load((REPO_ROOT / "openapi.yml").read_text())["paths"]
+    expected = {
+        "/v1/models": {"get"}, "/v1/models/{name}": {"get"}, "/v1/models/{name}/predict": {"post"},
+        "/v1/detect": {"post"}, "/v1/classify": {"post"}, "/v1/cache": {"delete"},
+        "/healthz": {"get"}, "/readyz": {"get"}, "/": {"post"}, "/predict": {"post"},
+        "/prediction": {"post"}, "/object-detection": {"post"}, "/cache": {"delete"},
+        "/healthCheck": {"get"}, "/info": {"get"},
+    }
+    assert {path: set(ops) for path, ops in paths.items()} == expected
+    detect = paths["/v1/detect"]["post"]
+    assert {"200", "400", "413", "415", "422"} <= set(detect["responses"])
+
+
+def test_readme_settings_table_matches_the_settings_class():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert readme_table(readme) == settings_table(), "run `make settings-table`"
+
+
+def makefile_recipe(target: str) -> list[str]:
+    lines = (REPO_ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"^{re.escape(target)}\s*:", line))
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip().replace("$(BIN)/", ""))
+    return recipe
+
+
+def test_dockerfile_agrees_with_the_makefile():
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    instructions = [line for line in dockerfile.splitlines() if line and not line.startswith("#")]
+    assert re.match(r"FROM python:3\.11-slim", instructions[0])
+    # The same install steps as the Makefile's environment.
+    install = " ".join(makefile_recipe("$(STAMP)"))
+    for requirement in ("-r requirements.txt", "--no-deps -r requirements-nodeps.txt"):
+        assert requirement in install and requirement in dockerfile
+    # Dependencies before code, so code edits keep the dependency layer cached.
+    assert dockerfile.index("COPY requirements.txt") < dockerfile.index("COPY . .")
+    # The model repository is built the way `make models` builds it.
+    (train,) = makefile_recipe("$(SENTIMENT)")
+    assert train.replace("python ", "") in dockerfile
+    # The command is `make serve`'s.
+    (serve,) = makefile_recipe("serve")
+    assert f'CMD {serve.split()}'.replace("'", '"') in dockerfile
+    user = re.search(r"^USER (\S+)", dockerfile, re.M)
+    assert user and user.group(1) not in ("root", "0")
+    assert dockerfile.index("USER") < dockerfile.index("CMD")
+    assert re.search(r"HEALTHCHECK .*\n?.*?/healthz", dockerfile)
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+    assert "make test" in (REPO_ROOT / "README.md").read_text()
+
+
+def test_requirements_pin_torch_exactly():
+    requirements = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    pins = [line for line in requirements if line and not line.startswith("#")]
+    assert "torch==2.13.0" in pins
+    assert all("==" in line for line in pins), "pin every requirement"

@@ -1,0 +1,177 @@
+"""Codecs: base64 to validated images, model outputs to JSON-ready values, hashing.
+
+Everything a client sends passes through here before a model sees it, so the
+limits live here: decoded size, pixel count (decompression bombs), a format
+allow-list checked when the file is opened, and EXIF orientation so that boxes
+refer to the upright image the user sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Iterable
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from adapters.base import Classification, Detection
+from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedFormat
+
+# A truncated upload must fail loudly, not decode as a half-grey picture.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_DATA_URL = re.compile(r"^data:[\w/+.-]+;base64,", re.IGNORECASE)
+_WHITESPACE = re.compile(rb"\s+")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int
+    max_pixels: int
+    formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright RGB image and the digest of the bytes it came from."""
+
+    image: Image.Image
+    digest: str
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+
+def digest(*parts: bytes | str) -> str:
+    """A short stable hash of the parts (cache keys, content identity)."""
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def decode_base64(text: str, max_bytes: int) -> bytes:
+    """Strict base64 (standard alphabet, MIME line breaks and a data: URL prefix tolerated)."""
+    text = _DATA_URL.sub("", text, count=1)
+    raw = _WHITESPACE.sub(b"", text.encode("ascii", errors="replace"))
+    # Refuse before decoding: the decoded size is known from the length.
+    if len(raw) // 4 * 3 > max_bytes + 2:
+        raise PayloadTooLarge(f"decoded image is larger than {max_bytes} bytes")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("image content is not valid base64") from None
+    if not data:
+        raise InvalidInput("image content is empty")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"decoded image is larger than {max_bytes} bytes")
+    return data
+
+
+def open_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Open, check and fully decode an image file; returns an upright RGB image."""
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"image is larger than {limits.max_bytes} bytes")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit is checked below from the header; Pillow's
+            # warning would only duplicate it (its hard error still applies).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(limits.formats))
+            width, height = image.size
+            if width < 1 or height < 1:
+                raise InvalidInput("image has no pixels")
+            if width * height > limits.max_pixels:
+                raise PayloadTooLarge(
+                    f"image has {width}x{height} pixels, more than the limit of {limits.max_pixels}"
+                )
+            # Multi-frame files (animated GIF, multi-page TIFF): the first frame.
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+    except (InvalidInput, PayloadTooLarge):
+        raise
+    except UnidentifiedImageError:
+        raise _unidentified(data, limits.formats) from None
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"image has more pixels than the limit of {limits.max_pixels}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError):
+        # Pillow reports truncated and corrupt data through these.
+        raise InvalidInput("image data is truncated or corrupt") from None
+
+
+def _unidentified(data: bytes, allowed: Iterable[str]) -> InvalidInput:
+    """Tell an unsupported format from data that is no image at all.
+
+    Only the header is parsed to name the format; nothing outside the allow-list
+    is ever decoded.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            found = probe.format
+    except Exception:  # any parser failure just means "not an image"
+        found = None
+    if found:
+        return UnsupportedFormat(
+            f"{found} images are not accepted",
+            details={"format": found, "allowed": sorted(allowed)},
+        )
+    return InvalidInput("data is not an image")
+
+
+def decode_image(content: str, limits: ImageLimits) -> DecodedImage:
+    """base64 text to a checked upright RGB image with the digest of its bytes."""
+    data = decode_base64(content, limits.max_bytes)
+    return DecodedImage(image=open_image(data, limits), digest=digest(data))
+
+
+def load_image_file(data: bytes, limits: ImageLimits) -> DecodedImage:
+    """Raw uploaded bytes (multipart) to a checked image."""
+    if not data:
+        raise InvalidInput("uploaded image is empty")
+    return DecodedImage(image=open_image(data, limits), digest=digest(data))
+
+
+def detection_json(det: Detection, width: int, height: int) -> dict:
+    """One object as the canonical API shows it: pixel box and normalised box."""
+    return {
+        "label": det.label,
+        "score": round(float(det.score), 4),
+        "box": {
+            "x1": round(float(det.x1), 2),
+            "y1": round(float(det.y1), 2),
+            "x2": round(float(det.x2), 2),
+            "y2": round(float(det.y2), 2),
+        },
+        "normalizedBox": normalized_box(det, width, height),
+    }
+
+
+def normalized_box(det: Detection, width: int, height: int) -> dict:
+    """Top-left corner and size as fractions of the image size."""
+    return {
+        "x": round(float(det.x1) / width, 4),
+        "y": round(float(det.y1) / height, 4),
+        "width": round(float(det.x2 - det.x1) / width, 4),
+        "height": round(float(det.y2 - det.y1) / height, 4),
+    }
+
+
+def classification_json(result: Classification) -> dict:
+    return {
+        "category": result.label,
+        "scores": {label: round(float(p), 6) for label, p in result.scores.items()},
+    }
