@@ -87,10 +87,7 @@ def redoc():
 
 @docs.get(f"{PREFIX}/openapi.json")
 def openapi_json():
-    document = current_app.extensions.get("openapi")
-    if document is None:
-        document = current_app.extensions["openapi"] = openapi_document(current_app)
-    return jsonify(document)
+    return jsonify(openapi_document(current_app))
 
 
 REDOC_BUNDLE = "redoc/bundles/redoc.standalone.js"

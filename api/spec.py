@@ -60,10 +60,23 @@ def responses(ok, *errors: int) -> Response:
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
-    """The OpenAPI document of the app, with the API-key security schemes added."""
-    spec.register(app, register_route=False)
-    spec.__dict__.pop("_spec", None)  # generated per app: tests build several
-    document = dict(spec.spec)
+    """The OpenAPI document of the app, with the API-key security schemes added.
+
+    Generated once per process: every app has the same routes, and the generator
+    moves nested schemas out of its model table on its first run, so a second
+    run would leave them out.
+    """
+    global _document
+    if _document is None:
+        spec.register(app, register_route=False)
+        _document = _complete(dict(spec.spec))
+    return json.loads(json.dumps(_document))
+
+
+_document: dict[str, Any] | None = None
+
+
+def _complete(document: dict[str, Any]) -> dict[str, Any]:
     components = dict(document.get("components", {}))
     components["securitySchemes"] = {
         "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Token"},
