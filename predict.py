@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 from adapters.base import OBJECT_DETECTION, TEXT_CLASSIFICATION, Classification, Detection, ModelAdapter
 from adapters.detection import DetectionOptions, postprocess
 from adapters.manifest import ADAPTERS, MANIFEST_NAME, Manifest, load_manifest
+from serving.batching import BatchConfig, MicroBatcher, run_unbatched
 from serving.cache import NullCache, PredictionCache
 from serving.errors import ModelLoadError, ModelNotFound, NotReady, WrongTask
 from utils_serve import DecodedImage, digest
@@ -164,9 +166,44 @@ class Predictor:
     earlier input computes only what is new.
     """
 
-    def __init__(self, registry: ModelRegistry, cache: PredictionCache | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        cache: PredictionCache | None = None,
+        batching: bool = True,
+        timeout: float = 20.0,
+    ) -> None:
         self.registry = registry
         self.cache = cache or NullCache()
+        self.batching = batching
+        self.timeout = timeout
+        self._runners: dict[str, Callable[..., list[Any]]] = {}
+        self._lock = threading.Lock()
+
+    def runner(self, adapter: ModelAdapter) -> Callable[..., list[Any]]:
+        """How inputs reach the model: through its micro-batcher, or directly."""
+        run = self._runners.get(adapter.name)
+        if run is None:
+            with self._lock:
+                run = self._runners.get(adapter.name)
+                if run is None:
+                    if self.batching:
+                        spec = adapter.manifest.batching
+                        config = BatchConfig(
+                            max_batch_size=spec.max_batch_size,
+                            max_wait_ms=spec.max_wait_ms,
+                            max_queue=spec.max_queue,
+                            timeout_ms=self.timeout * 1000,
+                        )
+                        run = MicroBatcher(adapter.predict, config, adapter.name).submit
+                    else:
+                        run = run_unbatched(adapter.predict)
+                    self._runners[adapter.name] = run
+        return run
+
+    def batcher(self, name: str) -> MicroBatcher | None:
+        run = self._runners.get(name)
+        return getattr(run, "__self__", None)
 
     def model(self, name: str, task: str) -> ModelAdapter:
         adapter = self.registry.get(name)
@@ -181,7 +218,7 @@ class Predictor:
             list(texts),
             keys=[digest(text) for text in texts],
             options="",
-            compute=adapter.predict,
+            compute=self.runner(adapter),
             dump=asdict,
             load=lambda value: Classification(**value),
         )
@@ -189,8 +226,10 @@ class Predictor:
     def detect(self, name: str, images: Sequence[DecodedImage], options: DetectionOptions) -> Predictions:
         adapter = self.model(name, OBJECT_DETECTION)
 
+        run = self.runner(adapter)
+
         def compute(batch: list[DecodedImage]) -> list[list[Detection]]:
-            raw = adapter.predict([item.image for item in batch])
+            raw = run([item.image for item in batch])
             return [postprocess(dets, item.width, item.height, options) for dets, item in zip(raw, batch)]
 
         return self._run(

@@ -31,10 +31,12 @@ from api.spec import spec
 from predict import ModelRegistry, Predictor
 from serving.cache import build_cache
 from serving.errors import (
+    DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
     NotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     ServeError,
     Unauthorized,
@@ -58,6 +60,8 @@ STATUS: dict[type[ServeError], int] = {
     ValidationFailed: 422,
     WrongTask: 422,
     NotReady: 503,
+    Overloaded: 503,
+    DeadlineExceeded: 504,
 }
 
 # Routes anyone may call when API keys are set.
@@ -141,7 +145,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.extensions[EXTENSION] = Services(
         settings=settings,
         registry=registry,
-        predictor=Predictor(registry, cache),
+        predictor=Predictor(
+            registry, cache, batching=settings.batching, timeout=settings.inference_timeout_ms / 1000
+        ),
         limits=ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
@@ -209,7 +215,7 @@ def _install_error_handlers(app: Flask) -> None:
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="serve-http"'
         if status == 503:
-            response.headers["Retry-After"] = "5"
+            response.headers["Retry-After"] = "1" if isinstance(error, Overloaded) else "5"
         return response
 
     @app.errorhandler(RequestEntityTooLarge)

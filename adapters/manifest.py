@@ -25,6 +25,18 @@ ADAPTERS = {
 }
 
 
+class Batching(BaseModel):
+    """Micro-batching of one model (see serving/batching.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(16, ge=1, le=4096, description="Most inputs in one call of the model.")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=1000, description="How long the first queued input waits for company; 0 takes what is queued."
+    )
+    max_queue: int = Field(256, ge=1, description="Inputs queued per worker before requests get 503.")
+
+
 class Manifest(BaseModel):
     """What ``model.yaml`` may say."""
 
@@ -40,6 +52,7 @@ class Manifest(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] = Field(default_factory=list)
     description: str = ""
+    batching: Batching = Field(default_factory=Batching)
     depends_on: list[str] = Field(
         default_factory=list, description="Models this one uses (loaded first, shared, not copied)."
     )

@@ -71,6 +71,18 @@ class NotReady(ServeError):
     code = "not_ready"
 
 
+class Overloaded(ServeError):
+    """A model's queue is full: the client should retry later (503 + Retry-After)."""
+
+    code = "overloaded"
+
+
+class DeadlineExceeded(ServeError):
+    """The inference did not finish within the request's deadline (504)."""
+
+    code = "deadline_exceeded"
+
+
 class ModelLoadError(Exception):
     """A model folder cannot be loaded; raised at start-up, never to a client."""
 

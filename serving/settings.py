@@ -85,6 +85,14 @@ class Settings(BaseSettings):
         20_000, gt=0, description="Longest text accepted for classification (422 above)."
     )
 
+    # --- batching and deadlines ------------------------------------------
+    batching: bool = Field(
+        True, description="Micro-batch concurrent requests per model as manifests configure; false calls models directly."
+    )
+    inference_timeout_ms: int = Field(
+        20_000, gt=0, description="Deadline of one request's inference; queued past it is dropped, late answers are 504."
+    )
+
     # --- prediction cache -----------------------------------------------
     cache_backend: Literal["disk", "memory", "none"] = Field(
         "disk", description="Prediction cache: disk (shared by workers), memory (per worker) or none."

@@ -300,3 +300,50 @@ def test_api_keys(settings, registry):
     # Health and docs stay public.
     assert client.get("/healthz").status_code == 200
     assert client.get("/apidoc/openapi.json").status_code == 200
+
+
+# --- load shedding and deadlines ------------------------------------------------------
+
+
+def test_full_queue_is_503_and_late_inference_is_504(settings):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from adapters.base import Classification, ModelAdapter
+    from adapters.manifest import Manifest
+    from predict import ModelRegistry
+    from serve_http import create_app
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(ModelAdapter):
+        task = "text-classification"
+
+        def load(self):
+            pass
+
+        def predict(self, batch):
+            entered.set()
+            assert release.wait(10)
+            return [Classification("a", {"a": 1.0}) for _ in batch]
+
+    manifest = Manifest(name="slow", task="text-classification", adapter="x", batching={"max_batch_size": 1, "max_queue": 1})
+    registry = ModelRegistry(Path("."))
+    registry.add(Slow(manifest, Path(".")))
+    app = create_app(settings.model_copy(update={"cache_backend": "none", "inference_timeout_ms": 300}), registry=registry)
+    batcher_of = app.extensions["serve_http"].predictor
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(app.test_client().post, "/v1/classify", json={"text": "one", "model": "slow"})
+        assert entered.wait(5)
+        second = pool.submit(app.test_client().post, "/v1/classify", json={"text": "two", "model": "slow"})
+        while batcher_of.batcher("slow").queued < 1:
+            pass
+        r = app.test_client().post("/v1/classify", json={"text": "three", "model": "slow"})
+        assert error_of(r, 503)["code"] == "overloaded"
+        assert r.headers["Retry-After"] == "1"
+        # The first runs past its 300 ms deadline: 504; the second expires in the queue.
+        assert error_of(first.result(10), 504)["code"] == "deadline_exceeded"
+        assert error_of(second.result(10), 504)["code"] == "deadline_exceeded"
+        release.set()

@@ -1,0 +1,215 @@
+"""Dynamic micro-batching: concurrent requests inside one worker become one call.
+
+Request threads ``submit`` their inputs and wait; one batching thread per model
+takes what is queued, up to ``max_batch_size`` inputs or ``max_wait_ms`` after the
+first arrived, calls the model once, and hands each request its own slice of the
+results. Independent of Flask and of models: it batches any
+``fn(list) -> list`` of the same length.
+
+- The queue is bounded (``max_queue`` inputs): past it ``submit`` raises
+  ``Overloaded`` at once, so an overloaded worker sheds load instead of queueing
+  work it will finish too late.
+- Each request has a deadline; one whose deadline passes while it is queued is
+  dropped, never computed, and its caller gets ``DeadlineExceeded``.
+- If a batched call fails, each request of the batch is retried on its own, so
+  one bad input fails only its own request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+from serving.errors import DeadlineExceeded, Overloaded, ServeError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    timeout_ms: float = 30_000.0
+
+
+@dataclass(eq=False)
+class _Pending:
+    items: list
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+    def finish(self, results: list | None = None, error: BaseException | None = None) -> None:
+        self.results, self.error = results, error
+        self.done.set()
+
+
+class MicroBatcher(Generic[T, R]):
+    """Batches calls to ``fn`` from many threads of one process.
+
+    The batching thread starts on first use in each process, so a batcher built
+    in the Gunicorn master works in every forked worker (threads do not survive
+    ``fork``).
+    """
+
+    def __init__(self, fn: Callable[[list[T]], Sequence[R]], config: BatchConfig, name: str = "model") -> None:
+        self.fn = fn
+        self.config = config
+        self.name = name
+        self._queue: deque[_Pending] = deque()
+        self._queued_items = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._closed = False
+        self.batches = 0  # how many calls to fn, for tests and metrics
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting, not yet taken into a batch."""
+        return self._queued_items
+
+    def submit(self, items: Sequence[T], timeout: float | None = None) -> list[R]:
+        """Results for ``items`` in order; blocks until they are computed."""
+        items = list(items)
+        if not items:
+            return []
+        wait = self.config.timeout_ms / 1000 if timeout is None else timeout
+        pending = _Pending(items=items, deadline=time.monotonic() + wait)
+        with self._cond:
+            if self._closed:
+                raise Overloaded(f"model {self.name!r} is shutting down")
+            # A request larger than the whole queue is still admitted when the
+            # queue is empty: it is one batch on its own.
+            if self._queued_items and self._queued_items + len(items) > self.config.max_queue:
+                raise Overloaded(
+                    f"model {self.name!r} has {self._queued_items} inputs queued; try again shortly",
+                    details={"queued": self._queued_items, "limit": self.config.max_queue},
+                )
+            self._ensure_thread()
+            self._queue.append(pending)
+            self._queued_items += len(items)
+            self._cond.notify()
+        if not pending.done.wait(wait):
+            with self._cond:
+                if not pending.done.is_set():
+                    pending.abandoned = True
+            if not pending.done.is_set():
+                raise DeadlineExceeded(f"model {self.name!r} did not answer within {wait:.1f}s")
+        if pending.error is not None:
+            raise pending.error
+        assert pending.results is not None
+        return pending.results
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop taking work; what is queued is still computed, then the thread ends."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    # --- the batching thread ---------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        pid = os.getpid()
+        if self._thread is None or self._pid != pid or not self._thread.is_alive():
+            if self._pid != pid:  # forked: the parent's queue and lock state mean nothing here
+                self._queue.clear()
+                self._queued_items = 0
+            self._pid = pid
+            self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.name}", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if batch:
+                self._run(batch)
+
+    def _take(self) -> list[_Pending] | None:
+        """Wait for work, then gather up to max_batch_size inputs or max_wait_ms."""
+        cfg = self.config
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first_at = time.monotonic()
+            until = first_at + cfg.max_wait_ms / 1000
+            while self._queued_items < cfg.max_batch_size and not self._closed:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch: list[_Pending] = []
+            size = 0
+            now = time.monotonic()
+            while self._queue:
+                pending = self._queue[0]
+                if batch and size + len(pending.items) > cfg.max_batch_size:
+                    break
+                self._queue.popleft()
+                self._queued_items -= len(pending.items)
+                if pending.abandoned or now >= pending.deadline:
+                    # Its caller has given up: computing it would only delay the rest.
+                    pending.finish(error=DeadlineExceeded(f"model {self.name!r}: deadline passed in the queue"))
+                    continue
+                batch.append(pending)
+                size += len(pending.items)
+            return batch
+
+    def _run(self, batch: list[_Pending]) -> None:
+        items = [item for pending in batch for item in pending.items]
+        try:
+            results = list(self._call(items))
+        except BaseException as error:  # noqa: BLE001 - every failure goes back to a caller
+            if len(batch) == 1:
+                batch[0].finish(error=error)
+                return
+            # Find the culprit: each request on its own.
+            for pending in batch:
+                try:
+                    pending.finish(results=list(self._call(pending.items)))
+                except BaseException as own_error:  # noqa: BLE001
+                    pending.finish(error=own_error)
+            return
+        if len(results) != len(items):
+            error = RuntimeError(f"model {self.name!r} returned {len(results)} results for {len(items)} inputs")
+            for pending in batch:
+                pending.finish(error=error)
+            return
+        start = 0
+        for pending in batch:
+            end = start + len(pending.items)
+            pending.finish(results=results[start:end])
+            start = end
+
+    def _call(self, items: list[T]) -> Sequence[R]:
+        self.batches += 1
+        try:
+            return self.fn(items)
+        except ServeError:
+            raise
+        except Exception:
+            log.exception("model %s failed on a batch of %d", self.name, len(items))
+            raise
+
+
+def run_unbatched(fn: Callable[[list[Any]], Sequence[Any]]) -> Callable[[Sequence[Any]], list[Any]]:
+    """The same calling shape as ``MicroBatcher.submit`` for models without batching."""
+    return lambda items, timeout=None: list(fn(list(items)))
