@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import asdict
 
 from flask import Blueprint, jsonify, request
@@ -115,7 +117,7 @@ def health_check():
 @compat.get("/info")
 @spec.validate(resp=responses(Info, 401), tags=["compatibility"])
 def info():
-    """Service name, version, default models and every model's metadata."""
+    """Service name, version, default models, every model's metadata, and the answering worker's threads."""
     settings = services().settings
     return jsonify(
         name=API_TITLE,
@@ -123,4 +125,14 @@ def info():
         default_classifier=settings.default_classifier,
         default_detector=settings.default_detector,
         models=[asdict(m.info()) for m in services().registry],
+        process={"pid": os.getpid(), "compute_threads": compute_threads(), "batching": settings.batching},
     )
+
+
+def compute_threads() -> int:
+    """The threads this worker's models compute with (set after fork by gunicorn.conf.py)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    if "cv2" in sys.modules:
+        return sys.modules["cv2"].getNumThreads()
+    return 1

@@ -173,12 +173,19 @@ class CacheCleared(BaseModel):
     cleared: int
 
 
+class ProcessInfo(BaseModel):
+    pid: int
+    compute_threads: int = Field(description="Torch intra-op threads of the worker that answered (OpenCV's if no torch).")
+    batching: bool
+
+
 class Info(BaseModel):
     name: str
     version: str
     models: list[ModelCard]
     default_classifier: str
     default_detector: str
+    process: ProcessInfo
 
 
 # --- compatibility routes ------------------------------------------------------------

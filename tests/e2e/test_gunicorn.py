@@ -145,3 +145,19 @@ def test_docs_are_served_locally(server):
             assert requests.get(server.url + asset, timeout=5).status_code == 200
     spec = requests.get(server.url + "/apidoc/openapi.json", timeout=5).json()
     assert "/v1/detect" in spec["paths"]
+
+
+def test_workers_times_compute_threads_fit_the_cores(server):
+    """post_fork gives each of the 3 workers max(1, cores // 3) torch threads."""
+    import os
+
+    expected = max(1, (os.cpu_count() or 1) // 3)
+    answers: dict[int, int] = {}
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(6) as pool:
+        while len(answers) < 3 and time.monotonic() < deadline:
+            for info in pool.map(lambda _: requests.get(server.url + "/info", timeout=10).json(), range(24)):
+                answers[info["process"]["pid"]] = info["process"]["compute_threads"]
+    assert set(answers) == server.worker_pids()
+    assert set(answers.values()) == {expected}
+    assert expected * len(answers) <= max(os.cpu_count() or 1, len(answers))
