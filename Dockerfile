@@ -24,6 +24,7 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requir
 COPY . .
 # The model repository is built into the image, as `make models` does.
 RUN python training/train_text_classifier.py --out models/sentiment --min-accuracy 0.78 \
+    && python training/train_embedding_classifier.py --out models/minilm-sentiment --min-accuracy 0.75 \
     && mkdir -p var && chown -R serve:serve var
 
 USER serve

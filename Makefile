@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SENTIMENT := models/sentiment/model.joblib
+MINILM_HEAD := models/minilm-sentiment/head.joblib
 
-.PHONY: install models serve test test-fast browser openapi settings-table clean
+.PHONY: install models serve test test-fast browser bench openapi settings-table clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +21,16 @@ install: $(STAMP)
 $(SENTIMENT): $(STAMP) training/train_text_classifier.py
 	$(BIN)/python training/train_text_classifier.py --out models/sentiment --min-accuracy 0.78
 
-models: $(SENTIMENT)
+$(MINILM_HEAD): $(STAMP) $(SENTIMENT) training/train_embedding_classifier.py
+	$(BIN)/python training/train_embedding_classifier.py --out models/minilm-sentiment --min-accuracy 0.75
+
+models: $(SENTIMENT) $(MINILM_HEAD)
 
 serve: models
 	$(BIN)/gunicorn -c gunicorn.conf.py serve_http:app
 
 browser:
-	scripts/ensure-chromium.sh
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || scripts/apt-install.sh chromium chromium-driver
 
 test: models browser
 	$(BIN)/python -m pytest
@@ -34,6 +38,12 @@ test: models browser
 # Unit and API tests only: no Gunicorn, no browser.
 test-fast: models
 	$(BIN)/python -m pytest -m "not e2e and not browser"
+
+# The benchmark: wrk from Debian, the FastAPI peer from PyPI; a few minutes.
+bench: models
+	command -v wrk >/dev/null || scripts/apt-install.sh wrk
+	$(BIN)/pip install -q -r requirements-bench.txt
+	$(BIN)/python bench/run.py
 
 openapi: $(STAMP)
 	$(BIN)/python scripts/gen_openapi.py > openapi.yml

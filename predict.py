@@ -19,7 +19,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from adapters.base import OBJECT_DETECTION, TEXT_CLASSIFICATION, Classification, Detection, ModelAdapter
+from adapters.base import (
+    IMAGE_CLASSIFICATION,
+    OBJECT_DETECTION,
+    TEXT_CLASSIFICATION,
+    TEXT_EMBEDDING,
+    Classification,
+    Detection,
+    ModelAdapter,
+)
 from adapters.detection import DetectionOptions, postprocess
 from adapters.manifest import ADAPTERS, MANIFEST_NAME, Manifest, load_manifest
 from serving.batching import BatchConfig, MicroBatcher, run_unbatched
@@ -219,6 +227,31 @@ class Predictor:
             keys=[digest(text) for text in texts],
             options="",
             compute=self.runner(adapter),
+            dump=asdict,
+            load=lambda value: Classification(**value),
+        )
+
+    def embed(self, name: str, texts: Sequence[str]) -> Predictions:
+        adapter = self.model(name, TEXT_EMBEDDING)
+        return self._run(
+            adapter,
+            list(texts),
+            keys=[digest(text) for text in texts],
+            options="",
+            compute=self.runner(adapter),
+            dump=lambda vector: [float(x) for x in vector],
+            load=lambda value: value,
+        )
+
+    def classify_images(self, name: str, images: Sequence[DecodedImage]) -> Predictions:
+        adapter = self.model(name, IMAGE_CLASSIFICATION)
+        run = self.runner(adapter)
+        return self._run(
+            adapter,
+            list(images),
+            keys=[item.digest for item in images],
+            options="",
+            compute=lambda batch: run([item.image for item in batch]),
             dump=asdict,
             load=lambda value: Classification(**value),
         )

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from predict import Manifest
 
 TEXT_CLASSIFICATION = "text-classification"
+TEXT_EMBEDDING = "text-embedding"
+IMAGE_CLASSIFICATION = "image-classification"
 OBJECT_DETECTION = "object-detection"
 
 

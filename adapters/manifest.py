@@ -22,6 +22,9 @@ ADAPTERS = {
     "sklearn": "adapters.sklearn_text:SklearnTextClassifier",
     "transformers-detection": "adapters.transformers_detection:TransformersDetector",
     "haar-cascade": "adapters.haar_cascade:HaarCascadeDetector",
+    "text-embedding": "adapters.text_embedding:TextEmbedder",
+    "embedding-classifier": "adapters.embedding_classifier:EmbeddingClassifier",
+    "efficientnet": "adapters.image_classification:EfficientNetClassifier",
 }
 
 

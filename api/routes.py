@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from flask import Blueprint, g, jsonify, request
 
-from adapters.base import OBJECT_DETECTION, TEXT_CLASSIFICATION
+from adapters.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, TEXT_CLASSIFICATION, TEXT_EMBEDDING
 from api import operations as ops
 from api.context import services
 from api.schemas import (
@@ -63,23 +63,34 @@ def get_model(name: str):
 def predict(name: str):
     """Run any model on a batch of inputs.
 
-    Text models take texts and answer `{category, scores}` per input; image
-    models take base64 image files and answer `{width, height, objects}`.
-    `parameters` holds the detection options.
+    Text models take texts, image models base64 image files. Per input,
+    classifiers answer `{category, scores}`, embedders `{embedding}` and
+    detectors `{width, height, objects}`; `parameters` holds the detection
+    options.
     """
     body: PredictRequest = request.context.body
     adapter = services().registry.get(name)
     ops.check_batch(len(body.inputs), "inputs")
-    if adapter.task == TEXT_CLASSIFICATION:
+    if adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
         ops.check_texts(body.inputs, "inputs[{i}]")
-        _, results = ops.classify(name, body.inputs)
-        outputs = [classification_json(r) for r in results]
-    elif adapter.task == OBJECT_DETECTION:
+    else:
         images = ops.decode_images(body.inputs, "inputs[{i}]")
-        _, results = ops.detect(name, images, body.parameters.options())
-        outputs = [ops.detection_output(img, objs) for img, objs in zip(images, results)]
+    predictor = services().predictor
+    if adapter.task == TEXT_CLASSIFICATION:
+        outcome = predictor.classify(name, body.inputs)
+        outputs = [classification_json(r) for r in outcome.results]
+    elif adapter.task == TEXT_EMBEDDING:
+        outcome = predictor.embed(name, body.inputs)
+        outputs = [{"embedding": [round(x, 6) for x in vector]} for vector in outcome.results]
+    elif adapter.task == IMAGE_CLASSIFICATION:
+        outcome = predictor.classify_images(name, images)
+        outputs = [classification_json(r) for r in outcome.results]
+    elif adapter.task == OBJECT_DETECTION:
+        outcome = predictor.detect(name, images, body.parameters.options())
+        outputs = [ops.detection_output(img, objs) for img, objs in zip(images, outcome.results)]
     else:  # an adapter of a task this API version does not know
         raise WrongTask(f"model {name!r} does {adapter.task}, which this route cannot serve")
+    ops.note_cache(outcome.cached, len(body.inputs))
     return jsonify(model=name, version=adapter.manifest.version, task=adapter.task, outputs=outputs)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of serve-http: ``.venv/bin/python bench/run.py --help``."""
