@@ -33,7 +33,6 @@ import os
 import platform
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -60,6 +59,7 @@ from training.train_text_classifier import (  # noqa: E402
     METRICS_FILE,
     TrainingError,
     evaluate,
+    held_out_metrics,
     load_dataset,
     one_line,
     split,
@@ -211,22 +211,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     compared = baseline(dataset.source, args.seed, args.test_size, len(x_test))
     n_texts = len(x_train) + len(x_test)
     metrics: dict[str, Any] = {
-        "accuracy": round(scores["accuracy"], 4),
-        "macro_f1": round(scores["macro_f1"], 4),
+        **held_out_metrics(scores, labels, dataset, len(x_train), len(x_test), args),
         "baseline": compared,
-        "per_class": scores["per_class"],
-        "labels": labels,
-        "n_train": len(x_train),
-        "n_test": len(x_test),
-        "data": {
-            "source": dataset.source,
-            "path": dataset.path,
-            "rows_read": dataset.rows_read,
-            "rows_dropped": dataset.dropped,
-            "class_counts": dict(sorted(Counter(dataset.labels).items())),
-        },
-        "seed": args.seed,
-        "test_size": args.test_size,
         "encoder": {
             "model": encoder.name,
             "source": encoder.manifest.source,

@@ -215,6 +215,29 @@ def split(dataset: Dataset, test_size: float, seed: int) -> tuple[list[str], lis
     return x_train, x_test, y_train, y_test
 
 
+
+def held_out_metrics(
+    scores: dict[str, Any], labels: list[str], dataset: Any, n_train: int, n_test: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The part of metrics.json every training script writes: scores, data, split."""
+    return {
+        "accuracy": round(scores["accuracy"], 4),
+        "macro_f1": round(scores["macro_f1"], 4),
+        "per_class": scores["per_class"],
+        "labels": labels,
+        "n_train": n_train,
+        "n_test": n_test,
+        "data": {
+            "source": dataset.source,
+            "path": dataset.path,
+            "rows_read": dataset.rows_read,
+            "rows_dropped": dataset.dropped,
+            "class_counts": dict(sorted(Counter(dataset.labels).items())),
+        },
+        "seed": args.seed,
+        "test_size": args.test_size,
+    }
+
 def evaluate(pipeline: Pipeline, x_test: Sequence[str], y_test: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro F1 and the per-class report on the held-out split."""
     predicted = pipeline.predict(x_test)
@@ -310,21 +333,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     scores = evaluate(pipeline, x_test, y_test)
     labels = [str(c) for c in pipeline.classes_]
     metrics: dict[str, Any] = {
-        "accuracy": round(scores["accuracy"], 4),
-        "macro_f1": round(scores["macro_f1"], 4),
-        "per_class": scores["per_class"],
-        "labels": labels,
-        "n_train": len(x_train),
-        "n_test": len(x_test),
-        "data": {
-            "source": dataset.source,
-            "path": dataset.path,
-            "rows_read": dataset.rows_read,
-            "rows_dropped": dataset.dropped,
-            "class_counts": dict(sorted(Counter(dataset.labels).items())),
-        },
-        "seed": args.seed,
-        "test_size": args.test_size,
+        **held_out_metrics(scores, labels, dataset, len(x_train), len(x_test), args),
         "pipeline": {
             "tfidf": {"ngram_range": list(NGRAM_RANGE), "min_df": MIN_DF, "sublinear_tf": True},
             "classifier": {"name": "MultinomialNB", "alpha": ALPHA},
