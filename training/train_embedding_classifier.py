@@ -17,11 +17,19 @@ It writes into ``--out``:
   model (``models/sentiment/metrics.json``), the encoder settings, the C chosen
   on a validation part of the training split, timings and library versions.
 
-The texts are truncated to ``--max-length`` tokens (default 128, not the
-encoder's 256): the long plot synopses otherwise take a third of the embedding
-time on two cores. The served model must truncate the same way, so the model's
-``model.yaml`` sets ``options.max_length`` to the same number. Files are written
-atomically, and only when the run succeeds and reaches ``--min-accuracy``.
+Speed: embedding the 13.8k texts is nearly all of the run. In float32 it
+takes ~80 s on two quiet cores (truncating to 128 tokens instead of 256 saves
+under 10%: most of the time goes to the short snippets). The training split is
+therefore embedded under bfloat16 autocast where the CPU has native bf16
+(``--precision auto``), 2.5x faster: its vectors are within cosine 0.9999 of
+float32 ones and the head's held-out predictions agree with a float32-trained
+head on 99.7% of texts. The held-out split is always embedded in float32, as
+the server does, so ``metrics.json`` scores the model that is served.
+
+``--max-length`` defaults to the encoder's; a head trained with another value
+needs ``options.max_length`` in its ``model.yaml`` (the script warns). Files
+are written atomically, and only when the run succeeds and reaches
+``--min-accuracy``.
 """
 
 from __future__ import annotations
@@ -72,8 +80,8 @@ DEFAULT_ENCODER = REPO_ROOT / "models" / "minilm"
 BASELINE_METRICS = REPO_ROOT / "models" / "sentiment" / "metrics.json"
 HEAD_FILE = "head.joblib"
 
-DEFAULT_MAX_LENGTH = 128
 DEFAULT_BATCH_SIZE = 64
+PRECISIONS = ("auto", "float32", "bfloat16")
 # On standardised MiniLM vectors of the default corpus every C from 0.03 to 1
 # scores within 0.2 point (3-fold CV), so a coarse grid scored on one
 # validation split is enough; cross-validating it cost more than the rest of
@@ -104,18 +112,35 @@ def load_encoder(folder: Path) -> TextEmbedder:
     return encoder
 
 
-def embed(encoder: TextEmbedder, texts: Sequence[str], batch_size: int, max_length: int) -> np.ndarray:
-    """The (n, dim) vectors of ``texts``, ``batch_size`` texts per forward pass.
+def embed(
+    encoder: TextEmbedder, texts: Sequence[str], batch_size: int, max_length: int, bf16: bool = False
+) -> np.ndarray:
+    """The (n, dim) float32 vectors of ``texts``, ``batch_size`` texts per forward pass.
 
     Texts go through in order of length so each batch pads to little more
-    than its own texts; the vectors come back in the input order.
+    than its own texts; the vectors come back in the input order. ``bf16``
+    runs the matrix products under bfloat16 autocast (pooling and
+    normalisation stay float32, after the final LayerNorm).
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        vectors[chunk] = encoder.encode([texts[i] for i in chunk], max_length=max_length)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            vectors[chunk] = encoder.encode([texts[i] for i in chunk], max_length=max_length)
     return vectors
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether ``--precision`` means bfloat16 here: ``auto`` only with native CPU support."""
+    if precision == "auto":
+        # Emulated bf16 (no AVX512-BF16 / AMX) is slower than float32. The
+        # probe is private torch API: if it moves, fall back to float32.
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return precision == "bfloat16"
 
 
 def tune_c(x: np.ndarray, y: Sequence[str], seed: int) -> tuple[float, dict[str, float]]:
@@ -160,8 +185,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--text-column", help="text column of --csv (default: text)")
     parser.add_argument("--label-column", help="label column of --csv (default: label)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: models/minilm-sentiment)")
-    parser.add_argument("--encoder", type=Path, default=DEFAULT_ENCODER, help="text-embedding model folder (default: models/minilm)")
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens kept per text (default: 128)")
+    parser.add_argument(
+        "--encoder", type=Path, default=DEFAULT_ENCODER, help="text-embedding model folder (default: models/minilm)"
+    )
+    parser.add_argument("--max-length", type=int, help="tokens kept per text (default: the encoder's max_length)")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto",
+        help="of the training split's embeddings (default: auto, bfloat16 where the CPU has it natively)",
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="texts per forward pass (default: 64)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     parser.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (default: 0.2)")
@@ -175,7 +206,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not 0.0 <= args.min_accuracy <= 1.0:
         parser.error("--min-accuracy must be between 0 and 1")
     for name in ("max_length", "batch_size", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
 
@@ -189,11 +220,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     x_train, x_test, y_train, y_test = split(dataset, args.test_size, args.seed)
 
     encoder = load_encoder(args.encoder)
-    if args.max_length > encoder.max_length:
-        raise TrainingError(f"--max-length {args.max_length} exceeds the encoder's max_length {encoder.max_length}")
+    max_length = args.max_length or encoder.max_length
+    if max_length > encoder.max_length:
+        raise TrainingError(f"--max-length {max_length} exceeds the encoder's max_length {encoder.max_length}")
+    bf16 = use_bf16(args.precision)
     loaded = time.perf_counter()
-    v_train = embed(encoder, x_train, args.batch_size, args.max_length)
-    v_test = embed(encoder, x_test, args.batch_size, args.max_length)
+    v_train = embed(encoder, x_train, args.batch_size, max_length, bf16=bf16)
+    train_embedded = time.perf_counter()
+    v_test = embed(encoder, x_test, args.batch_size, max_length)  # float32, as served
     embedded = time.perf_counter()
 
     try:
@@ -217,7 +251,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "model": encoder.name,
             "source": encoder.manifest.source,
             "dim": encoder.dim,
-            "max_length": args.max_length,
+            "max_length": max_length,
+            "train_precision": "bfloat16" if bf16 else "float32",
+            "test_precision": "float32",
             "normalize": encoder.normalize,
             "batch_size": args.batch_size,
             "threads": args.threads,
@@ -231,6 +267,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "timings": {
             "load_seconds": round(loaded - started, 2),
             "embed_seconds": round(embedded - loaded, 2),
+            "embed_train_seconds": round(train_embedded - loaded, 2),
+            "embed_test_seconds": round(embedded - train_embedded, 2),
             "texts_per_second": round(n_texts / max(embedded - loaded, 1e-9), 1),
             "tune_and_fit_seconds": round(fitted - embedded, 2),
             "total_seconds": round(time.perf_counter() - started, 2),
@@ -249,7 +287,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     }
     print(
         f"held-out accuracy: {scores['accuracy']:.4f} (macro F1 {scores['macro_f1']:.4f}, C={best_c}, "
-        f"n_train={len(x_train)}, n_test={len(x_test)}, embed {embedded - loaded:.1f}s, fit {fitted - embedded:.1f}s)"
+        f"n_train={len(x_train)}, n_test={len(x_test)}, embed {embedded - loaded:.1f}s "
+        f"({'bfloat16' if bf16 else 'float32'} training split), fit {fitted - embedded:.1f}s)"
     )
     if compared is not None:
         note = "" if compared["same_test_split"] else " (another test split: not comparable)"
@@ -263,7 +302,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     except OSError as exc:  # unwritable folder, full disk: the old artifacts stay as they were
         raise TrainingError(f"cannot write to {args.out}: {one_line(exc)}") from None
     print(f"wrote {args.out / HEAD_FILE}, {LABELS_FILE}, {METRICS_FILE} in {time.perf_counter() - started:.1f}s")
-    _check_manifest(args.out, args.max_length, encoder.max_length)
+    _check_manifest(args.out, max_length, encoder.max_length)
     return metrics
 
 

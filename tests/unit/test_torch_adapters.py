@@ -159,7 +159,12 @@ def test_classifier_uses_the_shared_encoder(embedder, head_folder, monkeypatch):
     adapter.load()
     calls = []
     original = embedder.encode
-    monkeypatch.setattr(embedder, "encode", lambda texts, max_length=None: calls.append((len(texts), max_length)) or original(texts, max_length))
+
+    def encode(texts, max_length=None):
+        calls.append((len(texts), max_length))
+        return original(texts, max_length)
+
+    monkeypatch.setattr(embedder, "encode", encode)
     adapter.predict(["one", "two", "three"])
     assert calls == [(3, 64)]  # one forward pass for the batch, with the head's truncation
 
@@ -335,7 +340,7 @@ def test_training_cli_writes_head_labels_and_metrics(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads((out / "labels.json").read_text()) == ["neg", "pos"] == metrics["labels"]
     assert metrics["n_test"] == 18 and metrics["accuracy"] >= 0.8
-    assert metrics["encoder"]["max_length"] == 128 and metrics["head"]["C"] in (0.01, 0.1, 1.0)
+    assert metrics["encoder"]["max_length"] == 256 and metrics["head"]["C"] in (0.01, 0.1, 1.0)
     assert metrics["baseline"] is None or metrics["baseline"]["same_test_split"] is False
     assert "held-out accuracy" in capsys.readouterr().out
     head = joblib.load(out / "head.joblib")
