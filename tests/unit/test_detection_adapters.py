@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from adapters.manifest import Manifest, load_manifest
 from adapters.transformers_detection import TransformersDetector
 from serving.errors import ModelLoadError
 from serving.settings import REPO_ROOT
+from tests.forkcheck import assert_predicts_after_fork
 from tests.tiny_detector import LABELS, build_tiny_detector, write_detector_model_folder
 
 # The astronaut's face, read off the 512 x 512 image (x1, y1, x2, y2).
@@ -285,9 +283,8 @@ def test_load_runs_no_torch_compute_so_forked_workers_do_not_hang(tmp_path):
     # A fresh interpreter: in this one, earlier tests have already started
     # OpenMP. If load() ran a forward pass, the forked child would hang.
     build_tiny_detector(tmp_path / "checkpoint")
-    script = textwrap.dedent(
+    assert_predicts_after_fork(
         f"""
-        import os, sys, time
         from pathlib import Path
         from PIL import Image
         from adapters.manifest import Manifest
@@ -295,21 +292,6 @@ def test_load_runs_no_torch_compute_so_forked_workers_do_not_hang(tmp_path):
         manifest = Manifest(name="t", task="object-detection", adapter="transformers-detection", source="checkpoint")
         adapter = TransformersDetector(manifest, Path({str(tmp_path)!r}))
         adapter.load()
-        pid = os.fork()
-        if pid == 0:
-            adapter.predict([Image.new("RGB", (320, 240))])
-            os._exit(0)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                sys.exit(os.waitstatus_to_exitcode(status))
-            time.sleep(0.05)
-        os.kill(pid, 9)
-        sys.exit("forked child hung")
-        """
+        """,
+        'adapter.predict([Image.new("RGB", (320, 240))])',
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-2000:]

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import joblib
@@ -25,6 +22,7 @@ from adapters.manifest import ADAPTERS, Manifest, load_manifest
 from adapters.text_embedding import TextEmbedder
 from serving.errors import ModelLoadError
 from serving.settings import REPO_ROOT
+from tests.forkcheck import assert_predicts_after_fork
 from training.train_embedding_classifier import main as train_main
 
 MODELS = REPO_ROOT / "models"
@@ -298,35 +296,19 @@ def test_registry_shares_the_encoder_with_the_classifier(head_folder, tmp_path):
     assert classifier.predict(["A superb film."])[0].label == "pos"
 
 
-FORK_CHECK = """
-    import os, sys, time
-    from PIL import Image
-    from adapters.manifest import load_manifest
-    from adapters.image_classification import EfficientNetClassifier
-    from adapters.text_embedding import TextEmbedder
-    text = TextEmbedder(load_manifest("models/minilm"), "models/minilm")
-    image = EfficientNetClassifier(load_manifest("models/imagenet"), "models/imagenet")
-    text.load(); image.load()
-    pid = os.fork()
-    if pid == 0:  # a Gunicorn worker: its first torch compute must not hang
-        text.predict(["a film"] * 4); image.predict([Image.new("RGB", (300, 200))] * 2)
-        os._exit(0)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            sys.exit(os.waitstatus_to_exitcode(status))
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    sys.exit("forked child hung")
-"""
-
-
 def test_load_runs_no_torch_compute_so_forked_workers_do_not_hang():
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FORK_CHECK)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    assert_predicts_after_fork(
+        """
+        from PIL import Image
+        from adapters.manifest import load_manifest
+        from adapters.image_classification import EfficientNetClassifier
+        from adapters.text_embedding import TextEmbedder
+        text = TextEmbedder(load_manifest("models/minilm"), "models/minilm")
+        image = EfficientNetClassifier(load_manifest("models/imagenet"), "models/imagenet")
+        text.load(); image.load()
+        """,
+        'text.predict(["a film"] * 4); image.predict([Image.new("RGB", (300, 200))] * 2)',
     )
-    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_training_cli_writes_head_labels_and_metrics(tmp_path, capsys):
