@@ -10,7 +10,11 @@ pages copy-on-write. The hooks keep that true and keep torch safe under fork:
 - ``gc.freeze()`` before fork, so a worker's garbage collections do not write
   to (and so copy) every shared object's header;
 - torch intra-op threads are set per worker after fork so that
-  workers x threads never exceeds the cores.
+  workers x threads never exceeds the cores;
+- Prometheus multiprocess mode: the folder is set and wiped here, when this
+  file is read, because ``preload_app`` builds the app (and its metrics)
+  before ``on_starting`` runs; ``child_exit`` marks a worker dead and folds
+  its counts into the archive (``serving/multiprocess.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,14 @@ from __future__ import annotations
 import gc
 import sys
 
+from serving import multiprocess
 from serving.settings import Settings
 
 _settings = Settings()
+# Before anything imports prometheus_client (the app does, when preloaded).
+multiprocess.prepare(_settings.metrics_path())
+
+from serving import logs  # noqa: E402 - after the metrics folder is set
 
 wsgi_app = "serve_http:app"
 bind = f"{_settings.host}:{_settings.port}"
@@ -35,29 +44,17 @@ accesslog = _settings.access_log or None
 access_log_format = _settings.access_log_format
 errorlog = "-"
 preload_app = True
+max_requests = _settings.max_requests
+max_requests_jitter = _settings.max_requests_jitter
 # The request line and headers are client input: keep Gunicorn's own bounds.
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
 
-# The application's own loggers (root) go to stderr in Gunicorn's error-log
-# shape; gunicorn.error and gunicorn.access keep the handlers Gunicorn builds
-# from `errorlog` and `accesslog`, so they are not named here.
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"},
-    },
-    "handlers": {
-        "stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"},
-    },
-    "root": {"level": _settings.log_level.upper(), "handlers": ["stderr"]},
-    "loggers": {
-        # It announces every config attribute at INFO.
-        "flask_pydantic_spec": {"level": "WARNING"},
-    },
-}
+# One formatter for the app's loggers and Gunicorn's error and access logs.
+logs.GunicornLogger.kind = _settings.log_format
+logger_class = logs.GunicornLogger
+logconfig_dict = logs.logging_config(_settings.log_format, _settings.log_level)
 
 
 def when_ready(server) -> None:
@@ -88,3 +85,10 @@ def post_fork(server, worker) -> None:
 
         cv2.setNumThreads(threads_per_worker)
     server.log.info("worker %s: %d compute thread(s)", worker.pid, threads_per_worker)
+
+
+def child_exit(server, worker) -> None:
+    from serving import metrics
+
+    multiprocess.worker_exited(worker.pid)
+    metrics.WORKER_EXITS.inc()

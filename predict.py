@@ -33,6 +33,7 @@ from adapters.manifest import ADAPTERS, MANIFEST_NAME, Manifest, load_manifest
 from serving.batching import BatchConfig, MicroBatcher, run_unbatched
 from serving.cache import NullCache, PredictionCache
 from serving.errors import ModelLoadError, ModelNotFound, NotReady, WrongTask
+from serving.metrics import ModelMetrics
 from utils_serve import DecodedImage, digest
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class Predictor:
         self.batching = batching
         self.timeout = timeout
         self._runners: dict[str, Callable[..., list[Any]]] = {}
+        self._metrics: dict[str, ModelMetrics] = {}
         self._lock = threading.Lock()
 
     def runner(self, adapter: ModelAdapter) -> Callable[..., list[Any]]:
@@ -195,6 +197,7 @@ class Predictor:
             with self._lock:
                 run = self._runners.get(adapter.name)
                 if run is None:
+                    observer = self.metrics(adapter.name)
                     if self.batching:
                         spec = adapter.manifest.batching
                         config = BatchConfig(
@@ -203,11 +206,17 @@ class Predictor:
                             max_queue=spec.max_queue,
                             timeout_ms=self.timeout * 1000,
                         )
-                        run = MicroBatcher(adapter.predict, config, adapter.name).submit
+                        run = MicroBatcher(adapter.predict, config, adapter.name, observer).submit
                     else:
-                        run = run_unbatched(adapter.predict)
+                        run = run_unbatched(adapter.predict, observer)
                     self._runners[adapter.name] = run
         return run
+
+    def metrics(self, name: str) -> ModelMetrics:
+        found = self._metrics.get(name)
+        if found is None:
+            found = self._metrics.setdefault(name, ModelMetrics(name))
+        return found
 
     def batcher(self, name: str) -> MicroBatcher | None:
         run = self._runners.get(name)
@@ -299,6 +308,8 @@ class Predictor:
             for i, result in zip(missing, computed):
                 results[i] = result
                 self._cache_set(cache_keys[i], dump(result))
+        if not isinstance(self.cache, NullCache):
+            self.metrics(adapter.name).cache(hits=len(inputs) - len(missing), misses=len(missing))
         return Predictions(results=results, cached=len(inputs) - len(missing))
 
     # A cache that fails (full disk, locked database) costs speed, never an answer.

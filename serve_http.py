@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -26,6 +27,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from api.compat import compat
 from api.context import EXTENSION, Services
 from api.docs import docs
+from api.kserve import v2
+from api.metrics import metrics_blueprint
 from api.routes import v1
 from api.spec import spec
 from predict import ModelRegistry, Predictor
@@ -44,6 +47,8 @@ from serving.errors import (
     ValidationFailed,
     WrongTask,
 )
+from serving import metrics
+from serving.logs import ENV_ROUTE, REQUEST_ID
 from serving.settings import Settings
 from utils_serve import ImageLimits
 
@@ -74,6 +79,10 @@ PUBLIC_ENDPOINTS = {
     "docs.openapi_json",
     "docs.asset",
     "docs.index",
+    "v2.live",
+    "v2.ready",
+    "v2.model_ready",
+    "metrics.metrics",
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -158,7 +167,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(v1)
     app.register_blueprint(compat)
     app.register_blueprint(docs)
+    app.register_blueprint(v2)
+    app.register_blueprint(metrics_blueprint)
     spec.register(app, register_route=False)
+    metrics.record_models(registry, registry.load_seconds)
 
     _install_hooks(app, settings)
     _install_error_handlers(app)
@@ -168,10 +180,19 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 def _install_hooks(app: Flask, settings: Settings) -> None:
     keys = [key.encode() for key in settings.api_keys]
 
+    # First hook: every request is counted and carries an id, even one that a
+    # later hook refuses (401, 415).
     @app.before_request
-    def assign_request_id() -> None:
+    def start_request() -> None:
+        g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id_token = REQUEST_ID.set(g.request_id)
+        # The template, not the path: /v1/models/<name>/predict is one series.
+        rule = request.url_rule
+        g.route = rule.rule if rule is not None else "<unmatched>"
+        request.environ[ENV_ROUTE] = g.route
+        metrics.IN_PROGRESS.labels(g.route).inc()
 
     @app.before_request
     def authenticate() -> None:
@@ -202,9 +223,25 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         request.get_json()
 
     @app.after_request
-    def add_request_id(response):
+    def finish_request(response):
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        route = g.get("route")
+        if route is not None:
+            metrics.REQUESTS.labels(route, request.method, f"{response.status_code // 100}xx").inc()
+            metrics.REQUEST_DURATION.labels(route, request.method).observe(time.perf_counter() - g.started)
         return response
+
+    @app.teardown_request
+    def end_request(error: BaseException | None) -> None:
+        route = g.get("route")
+        if route is not None:
+            metrics.IN_PROGRESS.labels(route).dec()
+        token = g.get("request_id_token")
+        if token is not None:
+            try:
+                REQUEST_ID.reset(token)
+            except ValueError:  # torn down in another context: nothing to restore
+                pass
 
 
 def _install_error_handlers(app: Flask) -> None:
@@ -216,6 +253,7 @@ def _install_error_handlers(app: Flask) -> None:
             response.headers["WWW-Authenticate"] = 'Bearer realm="serve-http"'
         if status == 503:
             response.headers["Retry-After"] = "1" if isinstance(error, Overloaded) else "5"
+            metrics.REJECTED.labels(g.get("route", "<unmatched>"), error.code).inc()
         return response
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -234,7 +272,7 @@ def _install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):
-        log.exception("unhandled error (request_id=%s)", g.get("request_id", ""))
+        log.exception("unhandled error on %s %s", request.method, g.get("route", request.path))
         return error_response(500, "internal_error", "internal server error")
 
 

@@ -3,13 +3,14 @@ call the model layer, and shape JSON. Routes only pick fields in and out."""
 
 from __future__ import annotations
 
-from flask import g
+from flask import g, request
 
 from adapters.base import Classification, Detection
 from adapters.detection import DetectionOptions
 from api.context import services
 from api.schemas import DetectRequest, Feature
 from serving.errors import ServeError, ValidationFailed
+from serving.logs import ENV_BATCH, ENV_MODEL
 from utils_serve import DecodedImage, decode_image, detection_json
 
 
@@ -33,10 +34,13 @@ def check_texts(texts: list[str], field: str) -> None:
             raise _invalid(field.format(i=i), f"text is longer than {limit} characters")
 
 
-def note_cache(cached: int, total: int) -> None:
-    """Remember for the response header how much of the answer came from the cache."""
+def note_prediction(model: str, cached: int, total: int) -> None:
+    """Remember how much of the answer came from the cache (``X-Cache``), and
+    the model and input count for the request's access-log line."""
     g.cache_hits = g.get("cache_hits", 0) + cached
     g.cache_items = g.get("cache_items", 0) + total
+    request.environ[ENV_MODEL] = model
+    request.environ[ENV_BATCH] = g.cache_items
 
 
 def decode_images(contents: list[str], field: str) -> list[DecodedImage]:
@@ -58,14 +62,14 @@ def decode_images(contents: list[str], field: str) -> list[DecodedImage]:
 def classify(model: str | None, texts: list[str]) -> tuple[str, list[Classification]]:
     name = model or services().settings.default_classifier
     outcome = services().predictor.classify(name, texts)
-    note_cache(outcome.cached, len(texts))
+    note_prediction(name, outcome.cached, len(texts))
     return name, outcome.results
 
 
 def detect(model: str | None, images: list[DecodedImage], options: DetectionOptions) -> tuple[str, list[list[Detection]]]:
     name = model or services().settings.default_detector
     outcome = services().predictor.detect(name, images, options)
-    note_cache(outcome.cached, len(images))
+    note_prediction(name, outcome.cached, len(images))
     return name, outcome.results
 
 

@@ -90,7 +90,7 @@ def predict(name: str):
         outputs = [ops.detection_output(img, objs) for img, objs in zip(images, outcome.results)]
     else:  # an adapter of a task this API version does not know
         raise WrongTask(f"model {name!r} does {adapter.task}, which this route cannot serve")
-    ops.note_cache(outcome.cached, len(body.inputs))
+    ops.note_prediction(name, outcome.cached, len(body.inputs))
     return jsonify(model=name, version=adapter.manifest.version, task=adapter.task, outputs=outputs)
 
 

@@ -169,6 +169,19 @@ class Readiness(BaseModel):
     models: dict[str, bool]
 
 
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
 class CacheCleared(BaseModel):
     cleared: int
 

@@ -13,6 +13,9 @@ results. Independent of Flask and of models: it batches any
   dropped, never computed, and its caller gets ``DeadlineExceeded``.
 - If a batched call fails, each request of the batch is retried on its own, so
   one bad input fails only its own request.
+- An optional observer hears of every model call (size, seconds) and of the
+  queue depth: that is how metrics see batching without this module knowing them.
+- While the model runs, the log context names the request ids of the batch.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
-from serving.errors import DeadlineExceeded, Overloaded, ServeError
+from serving.errors import DeadlineExceeded, Overloaded
+from serving.logs import REQUEST_ID
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,10 +45,25 @@ class BatchConfig:
     timeout_ms: float = 30_000.0
 
 
+class BatchObserver(Protocol):
+    def model_call(self, size: int, seconds: float) -> None: ...
+
+    def queue_depth(self, inputs: int) -> None: ...
+
+
+class _Unobserved:
+    def model_call(self, size: int, seconds: float) -> None:
+        pass
+
+    def queue_depth(self, inputs: int) -> None:
+        pass
+
+
 @dataclass(eq=False)
 class _Pending:
     items: list
     deadline: float
+    request_id: str = ""
     done: threading.Event = field(default_factory=threading.Event)
     results: list | None = None
     error: BaseException | None = None
@@ -63,10 +82,17 @@ class MicroBatcher(Generic[T, R]):
     ``fork``).
     """
 
-    def __init__(self, fn: Callable[[list[T]], Sequence[R]], config: BatchConfig, name: str = "model") -> None:
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        config: BatchConfig,
+        name: str = "model",
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.fn = fn
         self.config = config
         self.name = name
+        self.observer = observer or _Unobserved()
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
         self._cond = threading.Condition()
@@ -86,7 +112,7 @@ class MicroBatcher(Generic[T, R]):
         if not items:
             return []
         wait = self.config.timeout_ms / 1000 if timeout is None else timeout
-        pending = _Pending(items=items, deadline=time.monotonic() + wait)
+        pending = _Pending(items=items, deadline=time.monotonic() + wait, request_id=REQUEST_ID.get())
         with self._cond:
             if self._closed:
                 raise Overloaded(f"model {self.name!r} is shutting down")
@@ -100,6 +126,7 @@ class MicroBatcher(Generic[T, R]):
             self._ensure_thread()
             self._queue.append(pending)
             self._queued_items += len(items)
+            self.observer.queue_depth(self._queued_items)
             self._cond.notify()
         if not pending.done.wait(wait):
             with self._cond:
@@ -171,20 +198,23 @@ class MicroBatcher(Generic[T, R]):
                     continue
                 batch.append(pending)
                 size += len(pending.items)
+            self.observer.queue_depth(self._queued_items)
             return batch
 
     def _run(self, batch: list[_Pending]) -> None:
         items = [item for pending in batch for item in pending.items]
         try:
-            results = list(self._call(items))
+            results = list(self._call(items, batch))
         except BaseException as error:  # noqa: BLE001 - every failure goes back to a caller
             if len(batch) == 1:
                 batch[0].finish(error=error)
                 return
-            # Find the culprit: each request on its own.
+            # Find the culprit: each request on its own. The failing request's
+            # handler logs its error (once, under its own request id).
+            log.warning("model %s failed on a batch of %d inputs; retrying each request alone", self.name, len(items))
             for pending in batch:
                 try:
-                    pending.finish(results=list(self._call(pending.items)))
+                    pending.finish(results=list(self._call(pending.items, [pending])))
                 except BaseException as own_error:  # noqa: BLE001
                     pending.finish(error=own_error)
             return
@@ -199,17 +229,28 @@ class MicroBatcher(Generic[T, R]):
             pending.finish(results=results[start:end])
             start = end
 
-    def _call(self, items: list[T]) -> Sequence[R]:
+    def _call(self, items: list[T], batch: list[_Pending]) -> Sequence[R]:
         self.batches += 1
+        token = REQUEST_ID.set(",".join(p.request_id for p in batch if p.request_id))
+        started = time.perf_counter()
         try:
             return self.fn(items)
-        except ServeError:
-            raise
-        except Exception:
-            log.exception("model %s failed on a batch of %d", self.name, len(items))
-            raise
+        finally:
+            self.observer.model_call(len(items), time.perf_counter() - started)
+            REQUEST_ID.reset(token)
 
 
-def run_unbatched(fn: Callable[[list[Any]], Sequence[Any]]) -> Callable[[Sequence[Any]], list[Any]]:
+def run_unbatched(
+    fn: Callable[[list[Any]], Sequence[Any]], observer: BatchObserver | None = None
+) -> Callable[[Sequence[Any]], list[Any]]:
     """The same calling shape as ``MicroBatcher.submit`` for models without batching."""
-    return lambda items, timeout=None: list(fn(list(items)))
+    watch = observer or _Unobserved()
+
+    def run(items: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return list(fn(list(items)))
+        finally:
+            watch.model_call(len(items), time.perf_counter() - started)
+
+    return run

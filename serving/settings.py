@@ -140,8 +140,24 @@ class Settings(BaseSettings):
         '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s rid=%({x-request-id}o)s',
         "Gunicorn access log format.",
     )
+    max_requests: int = _process_knob(
+        "MAX_REQUESTS", 0, "Requests after which a worker is replaced (0: never); bounds slow leaks.", ge=0
+    )
+    max_requests_jitter: int = _process_knob(
+        "MAX_REQUESTS_JITTER", 0, "Random extra requests per worker before replacement, so workers do not restart together.", ge=0
+    )
     torch_threads: int = Field(
         0, ge=0, description="Torch intra-op threads per worker; 0 picks max(1, cores // workers)."
+    )
+
+    # --- observability ----------------------------------------------------
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines as JSON objects (json) or plain text (text); Gunicorn's logs included."
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="Prometheus multiprocess folder, wiped at start; default var/metrics/<PORT>.",
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", ENV_PREFIX + "METRICS_DIR"),
     )
 
     @field_validator("models", "image_formats", "api_keys", mode="before")
@@ -155,6 +171,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_formats(cls, value: list[str]) -> list[str]:
         return [item.upper() for item in value]
+
+    def metrics_path(self) -> Path:
+        """The multiprocess metrics folder; one per port, so two services on one
+        machine never wipe each other's files."""
+        return self.metrics_dir or REPO_ROOT / "var" / "metrics" / str(self.port)
 
     def torch_threads_per_worker(self) -> int:
         """Intra-op threads so that workers x threads never exceeds the cores."""
@@ -186,7 +207,7 @@ def settings_table() -> str:
             default = ",".join(default)
         elif isinstance(default, Path):
             default = os.path.relpath(default, REPO_ROOT)
-        shown = f"`{default}`" if default != "" else "(empty)"
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
         rows.append(f"| `{env_names(name)[0]}` | {shown} | {field.description} |")
     return "\n".join(rows)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -43,6 +44,7 @@ class GunicornServer:
             "WORKERS": "2",
             "ACCESS_LOG": str(self.access_log),
             "SERVE_CACHE_DIR": str(tmp / "cache"),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
@@ -74,6 +76,13 @@ class GunicornServer:
             time.sleep(0.1)  # polling a condition, bounded by the deadline
         self.stop()
         raise RuntimeError(f"gunicorn not ready after {self.ready_timeout}s:\n{self.log()}")
+
+    def access_records(self) -> list[dict]:
+        """The access log's JSON lines (the default SERVE_LOG_FORMAT)."""
+        if not self.access_log.exists():
+            return []
+        lines = self.access_log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
     def log(self) -> str:
         return self.output.read_text(errors="replace") if self.output.exists() else ""

@@ -58,8 +58,11 @@ def test_every_worker_answers_a_torch_model(server, model_repo):
         while len(seen) < 3 and time.monotonic() < deadline:
             list(pool.map(call, range(sent, sent + 12)))
             sent += 12
-            log = server.access_log.read_text()
-            seen = set(re.findall(r'"POST /v1/models/tiny-yolos/predict HTTP/1.1" 200 .* pid=<?(\d+)>?', log))
+            seen = {
+                str(line["pid"])
+                for line in server.access_records()
+                if line["route"] == "/v1/models/<name>/predict" and line["status"] == 200
+            }
     assert len(server.worker_pids()) == 3
     assert seen == {str(pid) for pid in server.worker_pids()}, f"workers that answered: {seen}"
 

@@ -155,3 +155,42 @@ def test_wrong_result_count_is_an_error_for_every_request():
 def test_a_large_request_is_admitted_alone():
     batcher = MicroBatcher(lambda items: items, BatchConfig(max_batch_size=2, max_queue=3))
     assert batcher.submit(list(range(10))) == list(range(10))
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: list[int] = []
+        self.depths: list[int] = []
+
+    def model_call(self, size, seconds):
+        assert seconds >= 0
+        self.calls.append(size)
+
+    def queue_depth(self, inputs):
+        self.depths.append(inputs)
+
+
+def test_batch_thread_logs_under_the_request_ids_of_its_batch_and_reports_to_the_observer():
+    from serving.logs import REQUEST_ID
+
+    seen_ids: list[str] = []
+    gate = Gate(lambda items: (seen_ids.append(REQUEST_ID.get()), [x for x in items])[1])
+    recorder = Recorder()
+    batcher = MicroBatcher(gate, BatchConfig(max_batch_size=16, max_wait_ms=0), observer=recorder)
+
+    def submit_as(request_id, items):
+        REQUEST_ID.set(request_id)  # each pool thread runs in its own context
+        return batcher.submit(items)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(submit_as, "req-a", [1])
+        assert gate.entered.wait(5)
+        second = pool.submit(submit_as, "req-b", [2, 3])
+        third = pool.submit(submit_as, "req-c", [4])
+        wait_until_queued(batcher, 3)
+        gate.release.set()
+        assert (first.result(5), second.result(5), third.result(5)) == ([1], [2, 3], [4])
+    batcher.close()
+    assert seen_ids == ["req-a", "req-b,req-c"]
+    assert recorder.calls == [1, 3]
+    assert recorder.depths[-1] == 0 and max(recorder.depths) == 3

@@ -1,0 +1,127 @@
+"""Structured logs: JSON lines by default, plain text by setting.
+
+- Every record carries ``request_id``: the id of the request being handled in
+  this thread (a context variable the app sets), or, in a batching thread, the
+  ids of the requests whose inputs are in the batch.
+- Gunicorn's error log and access log go through the same formatter
+  (:class:`GunicornLogger`, Gunicorn's ``logger_class``). The access line is the
+  one line per request: method, route template, path, status, duration, model,
+  batch size, client address, request id. The app hands route, model and batch
+  size to it through the WSGI environ (``serve.*`` keys).
+- Never logged: request bodies, headers, query strings, API keys (only the
+  name of the key that matched).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextvars import ContextVar
+from typing import Any
+
+from gunicorn import glogging
+from pythonjsonlogger.json import JsonFormatter
+
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
+
+# WSGI environ keys the app fills for the access line.
+ENV_ROUTE = "serve.route"
+ENV_MODEL = "serve.model"
+ENV_BATCH = "serve.batch_size"
+ENV_KEY_NAME = "serve.api_key_name"
+
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s rid=%(request_id)s: %(message)s"
+JSON_FIELDS = "%(levelname)s %(name)s %(process)d %(message)s"
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds ``request_id`` to every record that does not carry one already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+def build_formatter(kind: str = "json") -> logging.Formatter:
+    """The one formatter of every handler: ``json`` (one object per line) or ``text``."""
+    if kind == "text":
+        return logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter(
+        JSON_FIELDS,
+        rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
+        timestamp="time",  # ISO 8601, UTC
+        json_ensure_ascii=False,
+    )
+
+
+def logging_config(kind: str, level: str) -> dict[str, Any]:
+    """``logconfig_dict`` for Gunicorn: the app's loggers (root) to stderr in
+    the chosen format, with the request id on every record."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request": {"()": RequestContextFilter}},
+        "formatters": {"serve": {"()": build_formatter, "kind": kind}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "serve",
+                "filters": ["request"],
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "root": {"level": level.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            # It announces every config attribute at INFO.
+            "flask_pydantic_spec": {"level": "WARNING"},
+        },
+    }
+
+
+class GunicornLogger(glogging.Logger):
+    """Gunicorn's logger with our formatter on its error and access handlers and,
+    in JSON mode, an access line of named fields instead of a format string."""
+
+    kind = "json"  # set by gunicorn.conf.py from SERVE_LOG_FORMAT
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        formatter = build_formatter(self.kind)
+        request_filter = RequestContextFilter()
+        for handler in self.error_log.handlers:
+            handler.setFormatter(formatter)
+            handler.addFilter(request_filter)
+        if self.kind == "json":
+            for handler in self.access_log.handlers:
+                handler.setFormatter(formatter)
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if self.kind != "json":
+            return super().access(resp, req, environ, request_time)
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        request_id = ""
+        for name, value in resp.headers:
+            if name.lower() == "x-request-id":
+                request_id = value
+                break
+        method = environ.get("REQUEST_METHOD", "")
+        path = environ.get("PATH_INFO", "")
+        fields = {
+            "request_id": request_id,
+            "method": method,
+            "route": environ.get(ENV_ROUTE),
+            "path": path,
+            "status": int(status),
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "bytes": getattr(resp, "sent", None),
+            "client": environ.get("REMOTE_ADDR"),
+            "model": environ.get(ENV_MODEL),
+            "batch_size": environ.get(ENV_BATCH),
+            "api_key": environ.get(ENV_KEY_NAME),
+        }
+        try:
+            self.access_log.info("%s %s %s", method, path, status, extra=fields)
+        except Exception:  # a log line must never fail a request
+            self.error("access log failed", exc_info=True)

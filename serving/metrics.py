@@ -1,0 +1,141 @@
+"""Prometheus metrics of serve-http, declared once.
+
+Names follow the Prometheus conventions (base units, ``_total`` counters) in
+the style of BentoML's ``bentoml_service_request_*`` and MLServer's
+``model_infer_*``. Under Gunicorn they live in multiprocess mode (see
+``serving/multiprocess.py``); in a single process (tests, a Python shell) they
+use prometheus_client's default registry. Every gauge names its multiprocess
+mode.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from serving import multiprocess
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+# --- HTTP ---------------------------------------------------------------------
+REQUESTS = Counter(
+    "serve_http_requests_total",
+    "HTTP requests answered, by route template, method and status class.",
+    ["route", "method", "status"],
+)
+REQUEST_DURATION = Histogram(
+    "serve_http_request_duration_seconds",
+    "Time from routing to response, by route template and method.",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_PROGRESS = Gauge(
+    "serve_http_requests_in_progress",
+    "Requests being handled now, by route template.",
+    ["route"],
+    multiprocess_mode="livesum",
+)
+REJECTED = Counter(
+    "serve_http_rejected_requests_total",
+    "Requests answered 503 (queue full or model not ready), by route template and reason.",
+    ["route", "reason"],
+)
+
+# --- models -------------------------------------------------------------------
+INFERENCE = Histogram(
+    "serve_http_inference_duration_seconds",
+    "Time of one model call (one batch), by model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "serve_http_batch_size",
+    "Inputs per model call, by model.",
+    ["model"],
+    buckets=BATCH_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "serve_http_queue_depth",
+    "Inputs waiting in a model's batching queue, summed over live workers.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+CACHE_LOOKUPS = Counter(
+    "serve_http_cache_lookups_total",
+    "Prediction cache lookups, by model and result (hit or miss).",
+    ["model", "result"],
+)
+MODEL_LOAD = Gauge(
+    "serve_http_model_load_seconds",
+    "Time the model took to load at start-up.",
+    ["model"],
+    multiprocess_mode="max",
+)
+MODEL_INFO = Gauge(
+    "serve_http_model_info",
+    "Always 1 for each served model; the labels carry its metadata.",
+    ["model", "version", "adapter", "task"],
+    multiprocess_mode="max",
+)
+
+# --- processes ----------------------------------------------------------------
+WORKER_EXITS = Counter(
+    "serve_http_worker_exits_total",
+    "Gunicorn workers that exited (recycled by max_requests, killed, crashed); counted by the master.",
+)
+
+
+class ModelMetrics:
+    """One model's series, bound once: the batcher and the predictor call these
+    on every batch, so no label lookup happens per call."""
+
+    def __init__(self, model: str) -> None:
+        self.inference = INFERENCE.labels(model)
+        self.batch_size = BATCH_SIZE.labels(model)
+        self.queue = QUEUE_DEPTH.labels(model)
+        self.hits = CACHE_LOOKUPS.labels(model, "hit")
+        self.misses = CACHE_LOOKUPS.labels(model, "miss")
+
+    def model_call(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference.observe(seconds)
+
+    def queue_depth(self, inputs: int) -> None:
+        self.queue.set(inputs)
+
+    def cache(self, hits: int, misses: int) -> None:
+        if hits:
+            self.hits.inc(hits)
+        if misses:
+            self.misses.inc(misses)
+
+
+def record_models(models: Iterable, load_seconds: dict[str, float]) -> None:
+    """Model info and load time; called where the models are loaded (the master)."""
+    for adapter in models:
+        manifest = adapter.manifest
+        MODEL_INFO.labels(adapter.name, manifest.version, manifest.adapter, adapter.task).set(1)
+        if adapter.name in load_seconds:
+            MODEL_LOAD.labels(adapter.name).set(load_seconds[adapter.name])
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every process's metrics, and its content type."""
+    path = multiprocess.folder()
+    if path is None:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(path))
+    with multiprocess.scrape_lock(path):
+        return generate_latest(registry), CONTENT_TYPE_LATEST

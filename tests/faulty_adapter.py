@@ -1,0 +1,37 @@
+"""A text classifier that fails on purpose, for tests of error handling and logs.
+
+Any text containing ``boom`` raises inside the model call; other texts are
+``short`` or ``long`` by length. Served as ``adapter: "tests.faulty_adapter:FaultyClassifier"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
+
+
+class FaultyClassifier(ModelAdapter):
+    task = TEXT_CLASSIFICATION
+
+    def load(self) -> None:
+        self.labels = ["long", "short"]
+
+    def predict(self, batch: Sequence[str]) -> list[Classification]:
+        if any("boom" in text for text in batch):
+            raise RuntimeError("the faulty model exploded on purpose")
+        return [
+            Classification(label=label, scores={"short": float(label == "short"), "long": float(label == "long")})
+            for label in ("short" if len(text) < 20 else "long" for text in batch)
+        ]
+
+
+def write_faulty_model_folder(models_dir: Path, name: str = "faulty") -> Path:
+    folder = models_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"task": TEXT_CLASSIFICATION, "adapter": "tests.faulty_adapter:FaultyClassifier", "version": "1"}
+    (folder / "model.yaml").write_text(yaml.safe_dump(manifest))
+    return folder
