@@ -3,6 +3,7 @@ Dockerfile matches the Makefile."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import yaml
@@ -82,3 +83,37 @@ def test_requirements_pin_torch_exactly():
     pins = [line for line in requirements if line and not line.startswith("#")]
     assert "torch==2.13.0" in pins
     assert all("==" in line for line in pins), "pin every requirement"
+
+
+def declared_series() -> set[str]:
+    """Every series name serving/metrics.py can expose."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from serving import metrics
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    names = set()
+    for obj in vars(metrics).values():
+        if isinstance(obj, MetricWrapperBase):
+            (family,) = obj.describe()
+            names |= {family.name + suffix for suffix in suffixes[family.type]}
+    return names
+
+
+def test_grafana_dashboard_queries_only_metrics_the_service_exposes():
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana" / "serve-http.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"]]
+    used = {name for expr in exprs for name in re.findall(r"serve_http_[a-z_]+", expr)}
+    assert used and used <= declared_series(), used - declared_series()
+    # The panels the README promises.
+    titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
+    for topic in ("requests per second", "p99", "error rate", "inference", "batch size", "queue depth",
+                  "cache hit", "worker restarts"):
+        assert topic in titles, topic
+
+
+def test_prometheus_example_scrapes_metrics():
+    config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"

@@ -14,10 +14,14 @@ from tests.e2e.server import GunicornServer
 pytestmark = pytest.mark.e2e
 
 
-def try_it_blocks() -> list[str]:
+def sh_blocks(heading: str) -> list[str]:
     readme = (REPO_ROOT / "README.md").read_text()
-    section = readme.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    section = readme.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```sh\n(.*?)```", section, re.S)
+
+
+def try_it_blocks() -> list[str]:
+    return sh_blocks("## Try it")
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +50,13 @@ def test_every_readme_curl_answers_as_documented(server, tmp_path):
         json.loads(body)
     detect = json.loads(answers[0][0])
     assert len(detect["responses"][0]["objects"]) == 1
+
+
+def test_readme_observability_commands_work(server):
+    (block,) = sh_blocks("## Observability")
+    requests_seen = subprocess.run(
+        ["bash", "-c", "set -euo pipefail\n" + block.replace("localhost:8000", f"127.0.0.1:{server.port}")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert requests_seen.returncode == 0, requests_seen.stderr
+    assert re.search(r'^serve_http_requests_total\{.*route="/readyz".*\} [1-9]', requests_seen.stdout, re.M)
