@@ -27,6 +27,7 @@ from api.compat import compat
 from api.context import EXTENSION, Services
 from api.docs import docs
 from api.routes import v1
+from api.stream import is_websocket_handshake, stream, subprotocol_token
 from api.spec import spec
 from predict import ModelRegistry, Predictor
 from serving.cache import build_cache
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(v1)
     app.register_blueprint(compat)
     app.register_blueprint(docs)
+    app.register_blueprint(stream)
     spec.register(app, register_route=False)
 
     _install_hooks(app, settings)
@@ -181,6 +183,9 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         if not offered:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             offered = token.strip() if scheme.lower() == "bearer" else ""
+        if not offered and is_websocket_handshake():
+            # Browsers cannot set headers on a WebSocket (see api/stream.py).
+            offered = subprotocol_token(request.headers.get("Sec-WebSocket-Protocol", ""))
         # Compare against every key, always, so timing tells nothing.
         matched = False
         for key in keys:
