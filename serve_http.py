@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.compat import compat
 from api.context import EXTENSION, Services
+from api.demo import demo
 from api.docs import docs
 from api.routes import v1
 from api.stream import is_websocket_handshake, stream, subprotocol_token
@@ -75,6 +76,8 @@ PUBLIC_ENDPOINTS = {
     "docs.openapi_json",
     "docs.asset",
     "docs.index",
+    "demo.page",
+    "demo.asset",
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -160,6 +163,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(compat)
     app.register_blueprint(docs)
     app.register_blueprint(stream)
+    app.register_blueprint(demo)
     spec.register(app, register_route=False)
 
     _install_hooks(app, settings)

@@ -1,0 +1,255 @@
+"""``/v1/detect/stream`` against a real Gunicorn (default gthread worker) with a
+real WebSocket client (websocket-client, as in the README)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import websocket
+from PIL import Image
+from skimage import data as skdata
+
+from tests.e2e.server import GunicornServer
+
+pytestmark = pytest.mark.e2e
+
+KEY = "stream-secret-key"
+MAX_FRAME = 300_000
+IDLE_S = 4
+TIMEOUT_S = 5
+
+
+def frame_640x480() -> bytes:
+    """The astronaut (one face) as a 640x480 JPEG, as a webcam would send it."""
+    buffer = io.BytesIO()
+    Image.fromarray(skdata.astronaut()).resize((640, 480)).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def frame() -> bytes:
+    return frame_640x480()
+
+
+@pytest.fixture(scope="module")
+def server(model_repo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gunicorn-stream")
+    env = {
+        "SERVE_MODEL_REPOSITORY": str(model_repo),
+        "SERVE_MODELS": "faces,sentiment",
+        "WORKERS": "1",
+        "THREADS": "4",
+        "TIMEOUT": str(TIMEOUT_S),
+        "SERVE_API_KEYS": KEY,
+        "SERVE_STREAM_MAX_CONNECTIONS": "2",
+        "SERVE_STREAM_MAX_FRAME_BYTES": str(MAX_FRAME),
+        "SERVE_STREAM_IDLE_TIMEOUT_S": str(IDLE_S),
+    }
+    with GunicornServer(tmp, env=env) as server:
+        yield server
+
+
+def ws_url(server) -> str:
+    return server.url.replace("http://", "ws://") + "/v1/detect/stream"
+
+
+def connect(server, **options) -> websocket.WebSocket:
+    options.setdefault("header", {"X-Api-Token": KEY})
+    ws = websocket.create_connection(ws_url(server), timeout=60, **options)
+    ready = json.loads(ws.recv())
+    assert ready["type"] == "ready", ready
+    return ws
+
+
+def receive(ws) -> dict:
+    return json.loads(ws.recv())
+
+
+def close_frame(ws) -> tuple[int, str]:
+    """Read until the server's close frame; its code and reason."""
+    while True:
+        opcode, payload = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+
+def refused(server, url: str = "", **options) -> websocket.WebSocketBadStatusException:
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        websocket.create_connection(url or ws_url(server), timeout=30, **options)
+    return info.value
+
+
+def test_faster_client_gets_newest_frames_in_order_with_bounded_latency(server, frame):
+    """Frames sent far faster than the model runs: the server keeps at most one
+    waiting, answers in order, always answers the last frame, and latency does
+    not grow with the number of frames sent (a queue would make it grow)."""
+    ws = connect(server)
+    total, interval = 200, 0.01  # 100 frames/s, several times what the model does
+    sent_at: dict[int, float] = {}
+
+    def send_all() -> None:
+        for seq in range(1, total + 1):
+            sent_at[seq] = time.monotonic()
+            ws.send_binary(frame)
+            time.sleep(interval)  # pacing the client, not synchronisation
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    answers, latencies = [], []
+    while not answers or answers[-1]["frame"] != total:
+        answer = receive(ws)
+        assert answer["type"] == "detections", answer
+        latencies.append(time.monotonic() - sent_at[answer["frame"]])
+        answers.append(answer)
+    sender.join()
+    ws.close()
+
+    frames = [a["frame"] for a in answers]
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    for a in answers:
+        assert a["pending"] <= 1
+        assert a["received"] == a["processed"] + a["failed"] + a["dropped"] + a["pending"], a
+        assert [o["label"] for o in a["objects"]] == ["face"]
+    last = answers[-1]
+    assert last["received"] == total and last["pending"] == 0
+    assert last["processed"] == len(answers) and last["processed"] + last["dropped"] == total
+    assert last["dropped"] > 0, "the client was not faster than the model"
+    assert len(answers) >= 3
+    # One frame in process plus one waiting: about two model runs, whatever the total.
+    slowest_model = max(a["model_ms"] for a in answers) / 1000
+    assert max(latencies) < 3 * slowest_model + 2.0, (max(latencies), slowest_model)
+    print(
+        f"\nsent {total} frames in a burst: {len(answers)} processed, {last['dropped']} dropped; "
+        f"latency median {np.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; "
+        f"model median {np.median([a['model_ms'] for a in answers]):.0f} ms"
+    )
+
+
+def test_options_and_bad_messages_get_answers_and_keep_the_socket_usable(server, frame):
+    ws = connect(server)
+    ws.send('{"score_th": 0.5, "maxResults": 5}')
+    options = receive(ws)
+    assert options == {"type": "options", "options": {**options["options"], "score_th": 0.5, "maxResults": 5}}
+    assert options["options"]["model"] == "faces"
+
+    bad = {
+        "not json": "invalid_input",
+        "[1, 2]": "invalid_input",
+        '{"score_th": 2}': "validation_failed",
+        '{"scoreth": 0.1}': "validation_failed",
+        '{"model": "nope"}': "model_not_found",
+        '{"model": "sentiment"}': "wrong_task",
+    }
+    for text, code in bad.items():
+        ws.send(text)
+        answer = receive(ws)
+        assert answer["type"] == "error" and answer["frame"] is None, answer
+        assert answer["error"]["code"] == code, (text, answer)
+    assert receive_detections(ws, b"\xff\xd8 not a jpeg")["error"]["code"] == "invalid_input"
+
+    # The options in force are still the last good ones: a label filter hides the face.
+    ws.send('{"type": "cat"}')
+    assert receive(ws)["options"]["score_th"] == 0.5
+    assert receive_detections(ws, frame)["objects"] == []
+    ws.send('{"type": null}')
+    receive(ws)
+    answer = receive_detections(ws, frame)
+    assert answer["frame"] == 3 and [o["label"] for o in answer["objects"]] == ["face"]
+    assert answer["failed"] == 1 and answer["processed"] == 2
+    box = answer["objects"][0]["box"]
+    assert 0 <= box["x1"] < box["x2"] <= 640 and 0 <= box["y1"] < box["y2"] <= 480
+    ws.close()
+
+
+def receive_detections(ws, data: bytes) -> dict:
+    ws.send_binary(data)
+    return receive(ws)
+
+
+def test_authentication_is_checked_before_the_upgrade(server):
+    for options in ({}, {"header": {"X-Api-Token": "wrong"}}, {"subprotocols": ["serve-http.v1", "bearer.d3Jvbmc"]}):
+        error = refused(server, **options)
+        assert error.status_code == 401
+        assert json.loads(error.resp_body)["error"]["code"] == "unauthorized"
+
+    connect(server, header={"Authorization": f"Bearer {KEY}"}).close()
+    # A browser's way: the key as a subprotocol, next to the protocol the server picks.
+    token = base64.urlsafe_b64encode(KEY.encode()).decode().rstrip("=")
+    ws = connect(server, header={}, subprotocols=["serve-http.v1", f"bearer.{token}"])
+    assert ws.getsubprotocol() == "serve-http.v1"
+    ws.close()
+    log = server.access_log.read_text()
+    assert "/v1/detect/stream" in log and token not in log and KEY not in log
+
+    # A key in the query string is not accepted (access logs print query strings).
+    error = refused(server, header={}, url=ws_url(server) + f"?token={KEY}")
+    assert error.status_code == 401
+
+
+def test_plain_get_is_a_clear_400(server):
+    r = requests.get(server.url + "/v1/detect/stream", headers={"X-Api-Token": KEY}, timeout=30)
+    assert r.status_code == 400 and "WebSocket" in r.json()["error"]["message"]
+
+
+def test_connection_limit_answers_503_and_leaves_threads_for_http(server, frame):
+    first, second = connect(server), connect(server)
+    error = refused(server, header={"X-Api-Token": KEY})
+    assert error.status_code == 503
+    assert error.resp_headers["retry-after"] == "1"
+    assert json.loads(error.resp_body)["error"]["details"] == {"limit": 2}
+    # Two threads are held by streams; HTTP requests still get the others.
+    r = requests.get(server.url + "/v1/models", headers={"X-Api-Token": KEY}, timeout=30)
+    assert r.status_code == 200
+    assert receive_detections(second, frame)["type"] == "detections"
+
+    first.close()
+    deadline = time.monotonic() + 30
+    while True:  # the slot frees once the server has finished the close handshake
+        try:
+            third = connect(server)
+            break
+        except websocket.WebSocketBadStatusException as exc:
+            assert exc.status_code == 503 and time.monotonic() < deadline
+    third.close()
+    second.close()
+
+
+def test_oversized_frame_closes_the_stream_with_1009(server):
+    ws = connect(server)
+    ws.send_binary(b"\0" * (MAX_FRAME + 1))
+    code, reason = close_frame(ws)
+    assert code == 1009, reason
+    ws.close()
+    # The worker is fine: the next stream works.
+    connect(server).close()
+
+
+def test_idle_stream_is_closed_by_the_server(server):
+    ws = connect(server)
+    started = time.monotonic()
+    code, reason = close_frame(ws)
+    assert (code, reason) == (1000, f"idle for {IDLE_S} s")
+    assert time.monotonic() - started >= IDLE_S - 0.5
+    ws.close()
+
+
+def test_a_stream_longer_than_gunicorn_timeout_keeps_its_worker(server, frame):
+    """gthread's heartbeat runs on the worker's main thread, so a stream that
+    holds a pool thread past TIMEOUT does not get the worker killed."""
+    pids = server.worker_pids()
+    ws = connect(server)
+    started, answered = time.monotonic(), 0
+    while time.monotonic() - started < TIMEOUT_S + 3:
+        assert receive_detections(ws, frame)["type"] == "detections"
+        answered += 1
+    ws.close()
+    assert answered >= 2
+    assert server.worker_pids() == pids
+    assert "WORKER TIMEOUT" not in server.log()
