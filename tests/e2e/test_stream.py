@@ -253,3 +253,29 @@ def test_a_stream_longer_than_gunicorn_timeout_keeps_its_worker(server, frame):
     assert answered >= 2
     assert server.worker_pids() == pids
     assert "WORKER TIMEOUT" not in server.log()
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "sync"])
+def test_other_worker_classes(worker_class, model_repo, tmp_path, frame):
+    """gevent holds streams too; the sync worker (one connection per process, no
+    heartbeat during a request) refuses them before the upgrade."""
+    env = {
+        "SERVE_MODEL_REPOSITORY": str(model_repo),
+        "SERVE_MODELS": "faces",
+        "WORKERS": "1",
+        "WORKER_CLASS": worker_class,
+        # Gunicorn turns sync into gthread when THREADS > 1.
+        "THREADS": "1",
+    }
+    with GunicornServer(tmp_path, env=env) as server:
+        if worker_class == "sync":
+            error = refused(server, header={})
+            assert error.status_code == 503
+            assert json.loads(error.resp_body)["error"]["code"] == "streaming_unavailable"
+            return
+        ws = connect(server, header={})
+        for _ in range(3):
+            answer = receive_detections(ws, frame)
+            assert [o["label"] for o in answer["objects"]] == ["face"]
+        ws.close()
+        assert f"Using worker: {worker_class}" in server.log()
