@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import select
 import socket
 import threading
 import time
@@ -82,6 +83,16 @@ def is_websocket_handshake() -> bool:
 def _create_gate(state) -> None:
     settings = state.app.extensions["serve_http"].settings
     state.app.extensions[_GATE] = ConnectionGate(settings.stream_max_connections)
+    if settings.worker_class == "gthread" and settings.stream_max_connections >= settings.threads:
+        log.warning(
+            "SERVE_STREAM_MAX_CONNECTIONS=%d >= THREADS=%d: open streams can take every thread of a worker",
+            settings.stream_max_connections,
+            settings.threads,
+        )
+
+
+class _Stalled(Exception):
+    """The client has read nothing for the idle timeout: our next write would block."""
 
 
 class _SocketTakenOver(Response):
@@ -148,6 +159,7 @@ class StreamSession:
         self.inbox = FrameInbox(self.stats)
         self.options = StreamOptions()
         self.opened = time.monotonic()
+        self.stalled = False
 
     # --- the request thread: process and answer ----------------------------
 
@@ -164,16 +176,19 @@ class StreamSession:
                     self._send(self._answer(taken.frame))
                 if taken.closed:
                     break
-        except ConnectionClosed:
+        except (ConnectionClosed, OSError):
             pass
+        except _Stalled:
+            self.stalled = True
         finally:
             self.inbox.close()
             self._close(self.inbox.close_reason)
             reader.join(timeout=_CLOSE_WAIT)
             counts = self.inbox.counts()
             log.info(
-                "stream closed rid=%s seconds=%.1f received=%d processed=%d dropped=%d failed=%d",
+                "stream closed rid=%s stalled=%s seconds=%.1f received=%d processed=%d dropped=%d failed=%d",
                 self.request_id,
+                self.stalled,
                 time.monotonic() - self.opened,
                 counts["received"],
                 counts["processed"],
@@ -233,16 +248,34 @@ class StreamSession:
         }
 
     def _send(self, message: dict[str, Any]) -> None:
+        # A client that stops reading would block this thread in send forever
+        # (and keep its connection slot): wait for room, up to the idle timeout.
+        if self.ws.connected and not self._writable(self.services.settings.stream_idle_timeout_s):
+            raise _Stalled()
         self.ws.send(orjson.dumps(message).decode())
+
+    def _writable(self, timeout: float) -> bool:
+        """Whether the socket takes a write within ``timeout`` seconds.
+
+        One-shot poll: a registration held across the close would outlive the
+        socket, which gevent's event loop aborts the process over.
+        """
+        try:
+            poller = select.poll()
+            poller.register(self.ws.sock, select.POLLOUT)
+            return bool(poller.poll(timeout * 1000))
+        except (OSError, ValueError):  # the library has closed the socket meanwhile
+            return False
 
     def _close(self, reason: tuple[int, str] | None) -> None:
         code, text = reason or (1000, "")
-        try:
-            self.ws.close(reason=code, message=text)
-        except ConnectionClosed:  # the client closed first
-            pass
-        except OSError:
-            pass
+        # No close frame to a client that closed first (the library has closed
+        # the socket then), nor to one that reads nothing: it would block here.
+        if self.ws.connected and not self.stalled and self._writable(_CLOSE_WAIT):
+            try:
+                self.ws.close(reason=code, message=text)
+            except (ConnectionClosed, OSError):  # the client closed first
+                pass
         self.ws.event.set()  # wake the reader if it waits for a message
         # The library's reader thread ends when the client answers our close; a
         # client that never does must not keep that thread and the socket.

@@ -54,6 +54,8 @@ def server(model_repo, tmp_path_factory):
     }
     with GunicornServer(tmp, env=env) as server:
         yield server
+        # Whatever the clients did, nothing reached the log as a crash.
+        assert "Traceback" not in server.log(), server.log()
 
 
 def ws_url(server) -> str:
@@ -65,7 +67,21 @@ def connect(server, **options) -> websocket.WebSocket:
     ws = websocket.create_connection(ws_url(server), timeout=60, **options)
     ready = json.loads(ws.recv())
     assert ready["type"] == "ready", ready
+    ws.request_id = ready["request_id"]
     return ws
+
+
+def wait_closed(server, request_id: str) -> None:
+    """Until the server has logged the end of that stream (its slot is free then)."""
+    deadline = time.monotonic() + 30
+    while f"stream closed rid={request_id} " not in server.log():
+        assert time.monotonic() < deadline, f"stream {request_id} still open"
+        time.sleep(0.05)  # polling the server's log, bounded by the deadline
+
+
+def close(server, ws) -> None:
+    ws.close()
+    wait_closed(server, ws.request_id)
 
 
 def receive(ws) -> dict:
@@ -109,7 +125,7 @@ def test_faster_client_gets_newest_frames_in_order_with_bounded_latency(server, 
         latencies.append(time.monotonic() - sent_at[answer["frame"]])
         answers.append(answer)
     sender.join()
-    ws.close()
+    close(server, ws)
 
     frames = [a["frame"] for a in answers]
     assert frames == sorted(frames) and len(set(frames)) == len(frames)
@@ -165,7 +181,7 @@ def test_options_and_bad_messages_get_answers_and_keep_the_socket_usable(server,
     assert answer["failed"] == 1 and answer["processed"] == 2
     box = answer["objects"][0]["box"]
     assert 0 <= box["x1"] < box["x2"] <= 640 and 0 <= box["y1"] < box["y2"] <= 480
-    ws.close()
+    close(server, ws)
 
 
 def receive_detections(ws, data: bytes) -> dict:
@@ -179,12 +195,12 @@ def test_authentication_is_checked_before_the_upgrade(server):
         assert error.status_code == 401
         assert json.loads(error.resp_body)["error"]["code"] == "unauthorized"
 
-    connect(server, header={"Authorization": f"Bearer {KEY}"}).close()
+    close(server, connect(server, header={"Authorization": f"Bearer {KEY}"}))
     # A browser's way: the key as a subprotocol, next to the protocol the server picks.
     token = base64.urlsafe_b64encode(KEY.encode()).decode().rstrip("=")
     ws = connect(server, header={}, subprotocols=["serve-http.v1", f"bearer.{token}"])
     assert ws.getsubprotocol() == "serve-http.v1"
-    ws.close()
+    close(server, ws)
     log = server.access_log.read_text()
     assert "/v1/detect/stream" in log and token not in log and KEY not in log
 
@@ -209,7 +225,7 @@ def test_connection_limit_answers_503_and_leaves_threads_for_http(server, frame)
     assert r.status_code == 200
     assert receive_detections(second, frame)["type"] == "detections"
 
-    first.close()
+    close(server, first)
     deadline = time.monotonic() + 30
     while True:  # the slot frees once the server has finished the close handshake
         try:
@@ -217,8 +233,8 @@ def test_connection_limit_answers_503_and_leaves_threads_for_http(server, frame)
             break
         except websocket.WebSocketBadStatusException as exc:
             assert exc.status_code == 503 and time.monotonic() < deadline
-    third.close()
-    second.close()
+    close(server, third)
+    close(server, second)
 
 
 def test_oversized_frame_closes_the_stream_with_1009(server):
@@ -226,9 +242,9 @@ def test_oversized_frame_closes_the_stream_with_1009(server):
     ws.send_binary(b"\0" * (MAX_FRAME + 1))
     code, reason = close_frame(ws)
     assert code == 1009, reason
-    ws.close()
+    close(server, ws)
     # The worker is fine: the next stream works.
-    connect(server).close()
+    close(server, connect(server))
 
 
 def test_idle_stream_is_closed_by_the_server(server):
@@ -237,7 +253,7 @@ def test_idle_stream_is_closed_by_the_server(server):
     code, reason = close_frame(ws)
     assert (code, reason) == (1000, f"idle for {IDLE_S} s")
     assert time.monotonic() - started >= IDLE_S - 0.5
-    ws.close()
+    close(server, ws)
 
 
 def test_a_stream_longer_than_gunicorn_timeout_keeps_its_worker(server, frame):
@@ -249,7 +265,7 @@ def test_a_stream_longer_than_gunicorn_timeout_keeps_its_worker(server, frame):
     while time.monotonic() - started < TIMEOUT_S + 3:
         assert receive_detections(ws, frame)["type"] == "detections"
         answered += 1
-    ws.close()
+    close(server, ws)
     assert answered >= 2
     assert server.worker_pids() == pids
     assert "WORKER TIMEOUT" not in server.log()
@@ -273,9 +289,38 @@ def test_other_worker_classes(worker_class, model_repo, tmp_path, frame):
             assert error.status_code == 503
             assert json.loads(error.resp_body)["error"]["code"] == "streaming_unavailable"
             return
-        ws = connect(server, header={})
-        for _ in range(3):
-            answer = receive_detections(ws, frame)
-            assert [o["label"] for o in answer["objects"]] == ["face"]
-        ws.close()
+        for _ in range(2):  # a second stream after the first has closed
+            ws = connect(server, header={})
+            for _ in range(2):
+                answer = receive_detections(ws, frame)
+                assert [o["label"] for o in answer["objects"]] == ["face"]
+            close(server, ws)
         assert f"Using worker: {worker_class}" in server.log()
+        assert "Traceback" not in server.log() and "was sent" not in server.log(), server.log()
+
+
+def test_a_client_that_stops_reading_is_cut_off(server):
+    """Answers pile up in the socket buffers of a client that never reads; the
+    server gives up after the idle timeout instead of blocking a thread forever."""
+    import socket
+
+    ws = websocket.create_connection(
+        ws_url(server), timeout=60, header={"X-Api-Token": KEY}, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+    )
+    ws.request_id = request_id = json.loads(ws.recv())["request_id"]
+    # A small option message with 200 unknown fields earns an error naming each
+    # of them, ten times its size: the server's writes fill the buffers while
+    # its reads keep up.
+    message = json.dumps({f"x{i}": 0 for i in range(200)})
+    deadline = time.monotonic() + 60
+    while f"stream closed rid={request_id} stalled=True" not in server.log():
+        assert time.monotonic() < deadline, "the server kept writing to a client that reads nothing"
+        try:
+            for _ in range(200):
+                ws.send(message)
+        except (websocket.WebSocketException, OSError):
+            break  # the server has shut the socket
+    wait_closed(server, request_id)
+    assert f"stream closed rid={request_id} stalled=True" in server.log()
+    ws.close()
+    close(server, connect(server))
