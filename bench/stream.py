@@ -4,7 +4,7 @@
 
 Starts Gunicorn with the default settings (gthread worker class, THREADS and
 WORKERS from ``serving.settings``) serving one detection model, and streams the
-scikit-image astronaut as 640x480 JPEG frames (about 40 KB) from a Python
+scikit-image astronaut as 640x480 JPEG frames (57 KB) from a Python
 WebSocket client (websocket-client), in two ways:
 
 - closed loop: the next frame leaves when the previous answer arrived; the

@@ -209,9 +209,16 @@ def test_authentication_is_checked_before_the_upgrade(server):
     assert error.status_code == 401
 
 
-def test_plain_get_is_a_clear_400(server):
+def test_plain_get_and_malformed_handshakes_are_clear_400s(server):
     r = requests.get(server.url + "/v1/detect/stream", headers={"X-Api-Token": KEY}, timeout=30)
     assert r.status_code == 400 and "WebSocket" in r.json()["error"]["message"]
+    upgrade = {"X-Api-Token": KEY, "Upgrade": "websocket", "Connection": "Upgrade"}
+    for extra in ({}, {"Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "8"}):
+        r = requests.get(server.url + "/v1/detect/stream", headers={**upgrade, **extra}, timeout=30)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["message"] == "malformed WebSocket handshake"
+    # Those handshakes held no connection slot.
+    close(server, connect(server))
 
 
 def test_connection_limit_answers_503_and_leaves_threads_for_http(server, frame):
