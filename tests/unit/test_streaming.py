@@ -70,3 +70,22 @@ def test_subprotocol_token_decodes_base64url_without_padding():
     assert subprotocol_token("serve-http.v1") == ""
     assert subprotocol_token("bearer.%%%") == ""
     assert subprotocol_token("bearer.//8") == ""  # not UTF-8
+
+
+def test_stream_frames_bypass_the_prediction_cache(registry, astronaut_jpeg):
+    """``detect(cached=False)`` (what the stream uses) neither reads nor writes the cache."""
+    from adapters.detection import DetectionOptions
+    from predict import Predictor
+    from serving.cache import MemoryCache
+    from utils_serve import ImageLimits, load_image_file
+
+    image = load_image_file(astronaut_jpeg, ImageLimits(10_000_000, 40_000_000, ("JPEG",)))
+    cache = MemoryCache(10)
+    predictor = Predictor(registry, cache, batching=False)
+    streamed = predictor.detect("faces", [image], DetectionOptions(), cached=False)
+    assert streamed.cached == 0 and len(cache._items) == 0
+    assert [d.label for d in streamed.results[0]] == ["face"]
+    predictor.detect("faces", [image], DetectionOptions())
+    assert len(cache._items) == 1
+    again = predictor.detect("faces", [image], DetectionOptions(), cached=False)
+    assert again.cached == 0 and again.results == streamed.results
