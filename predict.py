@@ -265,7 +265,11 @@ class Predictor:
             load=lambda value: Classification(**value),
         )
 
-    def detect(self, name: str, images: Sequence[DecodedImage], options: DetectionOptions) -> Predictions:
+    def detect(
+        self, name: str, images: Sequence[DecodedImage], options: DetectionOptions, cached: bool = True
+    ) -> Predictions:
+        """Objects per image; ``cached=False`` neither reads nor writes the cache
+        (video frames never repeat, so caching them only costs writes)."""
         adapter = self.model(name, OBJECT_DETECTION)
 
         run = self.runner(adapter)
@@ -282,6 +286,7 @@ class Predictor:
             compute=compute,
             dump=lambda dets: [asdict(d) for d in dets],
             load=lambda value: [Detection(**d) for d in value],
+            cached=cached,
         )
 
     def _run(
@@ -293,7 +298,10 @@ class Predictor:
         compute: Callable[[list[Any]], list[Any]],
         dump: Callable[[Any], Any],
         load: Callable[[Any], Any],
+        cached: bool = True,
     ) -> Predictions:
+        if not cached:
+            return Predictions(results=list(compute(inputs)), cached=0)
         cache_keys = [digest(adapter.name, adapter.manifest.version, key, options) for key in keys]
         results: list[Any] = [None] * len(inputs)
         missing: list[int] = []

@@ -26,10 +26,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.compat import compat
 from api.context import EXTENSION, Services
+from api.demo import demo
 from api.docs import docs
 from api.kserve import v2
 from api.metrics import metrics_blueprint
 from api.routes import v1
+from api.stream import is_websocket_handshake, stream, subprotocol_token
 from api.spec import spec
 from predict import ModelRegistry, Predictor
 from serving.cache import build_cache
@@ -83,6 +85,8 @@ PUBLIC_ENDPOINTS = {
     "v2.ready",
     "v2.model_ready",
     "metrics.metrics",
+    "demo.page",
+    "demo.asset",
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -169,6 +173,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(docs)
     app.register_blueprint(v2)
     app.register_blueprint(metrics_blueprint)
+    app.register_blueprint(stream)
+    app.register_blueprint(demo)
     spec.register(app, register_route=False)
     metrics.record_models(registry, registry.load_seconds)
 
@@ -202,6 +208,9 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         if not offered:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             offered = token.strip() if scheme.lower() == "bearer" else ""
+        if not offered and is_websocket_handshake():
+            # Browsers cannot set headers on a WebSocket (see api/stream.py).
+            offered = subprotocol_token(request.headers.get("Sec-WebSocket-Protocol", ""))
         # Compare against every key, always, so timing tells nothing.
         matched = False
         for key in keys:

@@ -261,3 +261,12 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# --- streaming -------------------------------------------------------------
+
+
+class StreamOptions(Feature):
+    """An option message of ``/v1/detect/stream``: it changes only the fields it names."""
+
+    model: Optional[str] = Field(None, max_length=64, description="Detection model; the default detector if omitted.")

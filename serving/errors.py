@@ -90,3 +90,9 @@ class ModelLoadError(Exception):
         super().__init__(f"model {model!r}: {reason}")
         self.model = model
         self.reason = reason
+
+
+class StreamingUnavailable(NotReady):
+    """This worker class cannot hold a WebSocket (Gunicorn's sync worker)."""
+
+    code = "streaming_unavailable"

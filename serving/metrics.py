@@ -89,6 +89,27 @@ MODEL_INFO = Gauge(
     multiprocess_mode="max",
 )
 
+# --- WebSocket detection streams ----------------------------------------------
+STREAM_FRAMES = Counter(
+    "serve_http_stream_frames_total",
+    "Frames of /v1/detect/stream, by event: received, then processed, failed or dropped (newest frame wins).",
+    ["event"],
+)
+STREAM_RECEIVED = STREAM_FRAMES.labels("received")
+STREAM_PROCESSED = STREAM_FRAMES.labels("processed")
+STREAM_FAILED = STREAM_FRAMES.labels("failed")
+STREAM_DROPPED = STREAM_FRAMES.labels("dropped")
+STREAM_FRAME_BYTES = Histogram(
+    "serve_http_stream_frame_bytes",
+    "Size of the frames received on /v1/detect/stream.",
+    buckets=(16_384, 65_536, 262_144, 1_048_576, 4_194_304),
+)
+STREAMS_OPEN = Gauge(
+    "serve_http_streams_open",
+    "Open /v1/detect/stream connections, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+
 # --- processes ----------------------------------------------------------------
 WORKER_EXITS = Counter(
     "serve_http_worker_exits_total",

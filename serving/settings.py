@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         10_000, gt=0, description="Entry bound of the memory cache."
     )
 
+    # --- streaming (WebSocket /v1/detect/stream) ---------------------------
+    stream_max_frame_bytes: int = Field(
+        2 * 1024 * 1024, gt=0, description="Largest WebSocket message (frame or options); a larger one closes the stream with 1009."
+    )
+    stream_max_connections: int = Field(
+        2, gt=0, description="Open detection streams per worker (503 above); keep it below THREADS so HTTP requests keep threads."
+    )
+    stream_idle_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds without a message from the client before the server closes the stream (1000)."
+    )
+
     # --- security -------------------------------------------------------
     api_keys: CommaList = Field(
         default_factory=list,

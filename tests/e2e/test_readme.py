@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +61,16 @@ def test_readme_observability_commands_work(server):
     )
     assert requests_seen.returncode == 0, requests_seen.stderr
     assert re.search(r'^serve_http_requests_total\{.*route="/readyz".*\} [1-9]', requests_seen.stdout, re.M)
+
+
+def test_readme_stream_example_runs_as_written(server):
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Real-time detection over WebSocket", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    code = code.replace("localhost:8000", f"127.0.0.1:{server.port}")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "ready" and "'score_th': 0.5" in lines[1] and "'maxResults': 5" in lines[1]
+    assert [line.split(" ", 1)[0] for line in lines[2:]] == ["1", "2", "3"]
+    assert all("['face']" in line for line in lines[2:]), lines
