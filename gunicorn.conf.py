@@ -30,12 +30,15 @@ _settings = Settings()
 multiprocess.prepare(_settings.metrics_path())
 
 from serving import logs  # noqa: E402 - after the metrics folder is set
+from serving.worker import SheddingThreadWorker  # noqa: E402
 
 wsgi_app = "serve_http:app"
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 threads = _settings.threads
-worker_class = _settings.worker_class
+# gthread with a bounded backlog (serving/worker.py); other classes as named.
+SheddingThreadWorker.backlog = _settings.worker_backlog
+worker_class = "serving.worker.SheddingThreadWorker" if _settings.worker_class == "gthread" else _settings.worker_class
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
 keepalive = _settings.keepalive

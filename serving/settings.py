@@ -137,6 +137,11 @@ class Settings(BaseSettings):
     worker_class: str = _process_knob(
         "WORKER_CLASS", "gthread", "Gunicorn worker class: gthread, sync or gevent."
     )
+    worker_backlog: int = Field(
+        16,
+        ge=0,
+        description="Requests a gthread worker lets wait for a free thread; the next gets 503 at once (0: no bound).",
+    )
     timeout: int = _process_knob("TIMEOUT", 60, "Seconds a silent worker lives before it is killed and replaced.", gt=0)
     graceful_timeout: int = _process_knob(
         "GRACEFUL_TIMEOUT", 30, "Seconds in-flight requests get to finish on shutdown.", gt=0

@@ -1,11 +1,15 @@
-"""A text classifier that fails on purpose, for tests of error handling and logs.
+"""A text classifier that fails or waits on purpose, for tests of error handling,
+logs and load shedding.
 
-Any text containing ``boom`` raises inside the model call; other texts are
-``short`` or ``long`` by length. Served as ``adapter: "tests.faulty_adapter:FaultyClassifier"``.
+Any text containing ``boom`` raises inside the model call. A text
+``gate:<folder>`` creates ``<folder>/entered`` and then holds the model until
+the test creates ``<folder>/release`` (at most 60 s). Other texts are ``short``
+or ``long`` by length. Served as ``adapter: "tests.faulty_adapter:FaultyClassifier"``.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +27,13 @@ class FaultyClassifier(ModelAdapter):
     def predict(self, batch: Sequence[str]) -> list[Classification]:
         if any("boom" in text for text in batch):
             raise RuntimeError("the faulty model exploded on purpose")
+        for text in batch:
+            if text.startswith("gate:"):
+                folder = Path(text[len("gate:"):])
+                (folder / "entered").touch()
+                deadline = time.monotonic() + 60
+                while not (folder / "release").exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)  # the test opens the gate; bounded
         return [
             Classification(label=label, scores={"short": float(label == "short"), "long": float(label == "long")})
             for label in ("short" if len(text) < 20 else "long" for text in batch)

@@ -1,0 +1,124 @@
+"""Gunicorn's gthread worker with a bounded backlog: past it, 503 at once.
+
+A gthread worker hands every ready connection to a pool of ``THREADS`` threads.
+When they are all busy, Gunicorn queues the rest in the pool without bound, so
+under overload requests wait longer and longer and every client times out
+together; the model queues' own bounds (``batching.max_queue``) never fire,
+because at most ``THREADS`` requests per worker reach them.
+
+This worker counts the requests waiting for a thread. When ``SERVE_WORKER_BACKLOG``
+of them wait, the next one is answered by a separate small thread, right away:
+``503`` with ``Retry-After: 1`` and the service's JSON error body, then the
+connection is closed (so a client that retries may land on a less busy worker).
+It reads the request first: closing a socket with unread bytes would make the
+client see a reset instead of the 503.
+
+``WORKER_CLASS=gthread`` selects it (``gunicorn.conf.py``); 0 keeps Gunicorn's
+unbounded behaviour.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent import futures
+
+import orjson
+from gunicorn.workers import gthread
+
+from serving import metrics
+
+# A body larger than this is not drained before the 503: the connection is cut.
+_DRAIN_LIMIT = 1024 * 1024
+_REQUEST_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+BACKLOG_ROUTE = "<worker backlog>"
+
+
+class SheddingThreadWorker(gthread.ThreadWorker):
+    """gthread with at most ``backlog`` requests waiting for a thread."""
+
+    backlog = 0  # set by gunicorn.conf.py from SERVE_WORKER_BACKLOG
+
+    def init_process(self) -> None:
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+        self._rejecter = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shed")
+        super().init_process()
+
+    def enqueue_req(self, conn) -> None:
+        # Runs on the worker's main thread, once per request about to be handled.
+        if self.backlog:
+            with self._waiting_lock:
+                waiting = self._waiting
+                admitted = waiting < self.backlog
+                if admitted:
+                    self._waiting += 1
+            if not admitted:
+                future = self._rejecter.submit(self._reject, conn, waiting)
+                future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+                return
+        else:
+            with self._waiting_lock:
+                self._waiting += 1
+        super().enqueue_req(conn)
+
+    def handle(self, conn):
+        # A pool thread took the request: it no longer waits.
+        with self._waiting_lock:
+            self._waiting -= 1
+        return super().handle(conn)
+
+    def _reject(self, conn, waiting: int) -> bool:
+        """Read the request, answer 503, close. Never raises: a failure only closes."""
+        try:
+            if not conn.initialized and not conn.data_ready and not conn.wait_for_data(1.0):
+                return False
+            conn.sock.setblocking(True)
+            conn.init()
+            if conn.is_http2:
+                return False
+            request = next(conn.parser)
+            if not request:
+                return False
+            length = request.body and getattr(request.body.reader, "length", None)
+            if length is not None and length > _DRAIN_LIMIT:
+                return False
+            drained = 0
+            while drained <= _DRAIN_LIMIT:
+                chunk = request.body.read(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+            conn.sock.sendall(self._answer(request, waiting))
+            metrics.REJECTED.labels(BACKLOG_ROUTE, "overloaded").inc()
+            metrics.REQUESTS.labels(BACKLOG_ROUTE, request.method, "5xx").inc()
+        except Exception:  # noqa: BLE001 - a client that vanished; nothing to answer
+            self.log.debug("could not answer a shed request", exc_info=True)
+        return False
+
+    def _answer(self, request, waiting: int) -> bytes:
+        incoming = next((value for name, value in request.headers if name == "X-REQUEST-ID"), "")
+        request_id = incoming if 0 < len(incoming) <= 128 and set(incoming) <= _REQUEST_ID_CHARS else uuid.uuid4().hex
+        body = orjson.dumps(
+            {
+                "error": {
+                    "code": "overloaded",
+                    "message": "the server is busy; try again shortly",
+                    "details": {"waiting": waiting, "limit": self.backlog},
+                    "request_id": request_id,
+                }
+            }
+        )
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Retry-After: 1\r\n"
+            f"X-Request-ID: {request_id}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
+
+    def handle_quit(self, sig, frame) -> None:
+        self._rejecter.shutdown(wait=False)
+        super().handle_quit(sig, frame)
