@@ -26,11 +26,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from api.compat import compat
 from api.context import EXTENSION, Services
 from api.docs import docs
+from api.jobs import init_jobs
 from api.routes import v1
 from api.spec import spec
 from predict import ModelRegistry, Predictor
 from serving.cache import build_cache
 from serving.errors import (
+    Conflict,
     DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
@@ -55,6 +57,7 @@ STATUS: dict[type[ServeError], int] = {
     Unauthorized: 401,
     NotFound: 404,
     ModelNotFound: 404,
+    Conflict: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     ValidationFailed: 422,
@@ -158,6 +161,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(v1)
     app.register_blueprint(compat)
     app.register_blueprint(docs)
+    init_jobs(app, settings)
     spec.register(app, register_route=False)
 
     _install_hooks(app, settings)
