@@ -67,9 +67,10 @@ class JobRunner:
         try:
             with Heartbeat(self.store, job_id, attempt, self.heartbeat_s):
                 finished = self._run_batches(job, attempt)
-            if finished:
-                self.results.finalize(job_id, job.batches)
-                self.store.finish(job_id, attempt, SUCCEEDED)
+                if finished:
+                    # Joining the parts takes a while in object storage: still beating.
+                    self.results.finalize(job_id, job.batches)
+            if finished and self.store.finish(job_id, attempt, SUCCEEDED):
                 log.info("job %s: succeeded", job_id)
             elif (current := self.store.get(job_id)) is not None and current.status == CANCELLED:
                 self.results.delete(job_id)
