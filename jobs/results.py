@@ -30,6 +30,9 @@ class ResultStorage(Protocol):
     def finalize(self, job_id: str, count: int) -> None:
         """Join parts 0..count-1 into the result, then drop the parts."""
 
+    def has_result(self, job_id: str) -> bool:
+        """Whether the joined result exists (a retry after the join need not recompute)."""
+
     def delete(self, job_id: str) -> None: ...
 
 
@@ -74,6 +77,9 @@ class LocalResults:
             self.path(job_id), ((parts / _part_name(i)).read_bytes() for i in range(count))
         )
         shutil.rmtree(parts, ignore_errors=True)
+
+    def has_result(self, job_id: str) -> bool:
+        return self.path(job_id).is_file()
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
@@ -147,6 +153,17 @@ class S3Results:
                 Bucket=self.bucket,
                 Delete={"Objects": [{"Key": key} for key in keys[start : start + 1000]], "Quiet": True},
             )
+
+    def has_result(self, job_id: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(job_id, "results.jsonl"))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     def url(self, job_id: str) -> str:
         """A pre-signed GET URL of the result, valid ``url_expiry_s`` seconds."""

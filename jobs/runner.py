@@ -66,10 +66,14 @@ class JobRunner:
         log.info("job %s: attempt %d, %d inputs to %s", job_id, attempt, job.total, job.model)
         try:
             with Heartbeat(self.store, job_id, attempt, self.heartbeat_s):
-                finished = self._run_batches(job, attempt)
-                if finished:
-                    # Joining the parts takes a while in object storage: still beating.
-                    self.results.finalize(job_id, job.batches)
+                if self.results.has_result(job_id):
+                    # A previous attempt died between joining the parts and saying so.
+                    finished = self.store.progress(job_id, attempt, job.total, 0)
+                else:
+                    finished = self._run_batches(job, attempt)
+                    if finished:
+                        # Joining the parts takes a while in object storage: still beating.
+                        self.results.finalize(job_id, job.batches)
             if finished and self.store.finish(job_id, attempt, SUCCEEDED):
                 log.info("job %s: succeeded", job_id)
             elif (current := self.store.get(job_id)) is not None and current.status == CANCELLED:

@@ -1,0 +1,146 @@
+"""The jobs routes through the Flask test client; the job runs in-process
+through the same JobRunner a worker process uses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from api.jobs import JOBS_EXTENSION
+from jobs.runner import JobRunner
+from predict import Predictor
+from serve_http import create_app
+from tests.conftest import b64
+from utils_serve import ImageLimits
+
+TEXTS = ["a warm, funny, beautifully acted film", "a dull and lifeless mess", "the plot follows two brothers"]
+
+
+@pytest.fixture
+def app(settings, registry):
+    settings.job_max_inputs = 5
+    settings.job_batch_size = 2
+    return create_app(settings, registry=registry)
+
+
+def run_queued(app, registry, job_id: str) -> None:
+    """What a worker process does with the queued job id."""
+    backends = app.extensions[JOBS_EXTENSION].backends
+    runner = JobRunner(backends.store, backends.results, Predictor(registry, batching=False),
+                       ImageLimits(10_000_000, 40_000_000, ("JPEG", "PNG")), heartbeat_s=5)
+    runner(job_id)
+
+
+def submit(client, body: dict, **headers):
+    return client.post("/v1/jobs", json=body, headers=headers)
+
+
+def test_a_job_is_queued_run_and_its_results_equal_the_predict_route(client, app, registry):
+    r = submit(client, {"model": "sentiment", "inputs": TEXTS})
+    assert r.status_code == 202
+    job = r.get_json()
+    assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 3} and job["result_url"] is None
+    # Nothing consumes the queue in this test: the job waits, and so does its result.
+    assert client.get(f"/v1/jobs/{job['id']}").get_json()["status"] == "queued"
+    early = client.get(f"/v1/jobs/{job['id']}/result")
+    assert early.status_code == 409 and early.get_json()["error"]["code"] == "job_not_finished"
+
+    run_queued(app, registry, job["id"])
+    done = client.get(f"/v1/jobs/{job['id']}").get_json()
+    assert done["status"] == "succeeded" and done["progress"] == {"done": 3, "total": 3}
+    assert done["computed"] == 3 and done["attempts"] == 1
+    assert done["result_url"] == f"/v1/jobs/{job['id']}/result"
+    result = client.get(done["result_url"])
+    assert result.status_code == 200 and result.mimetype == "application/x-ndjson"
+    lines = [json.loads(line) for line in result.get_data(as_text=True).splitlines()]
+    expected = client.post("/v1/models/sentiment/predict", json={"inputs": TEXTS}).get_json()["outputs"]
+    assert lines == [{"index": i, "output": output} for i, output in enumerate(expected)]
+
+
+def test_an_image_job_reports_an_unreadable_image_on_its_own_line(client, app, registry, astronaut_jpeg):
+    r = submit(client, {"model": "faces", "inputs": [b64(astronaut_jpeg), "not base64!"],
+                        "parameters": {"maxResults": 5}})
+    assert r.status_code == 202
+    job_id = r.get_json()["id"]
+    run_queued(app, registry, job_id)
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["status"] == "succeeded"
+    first, second = [json.loads(line) for line in client.get(f"/v1/jobs/{job_id}/result").get_data(as_text=True).splitlines()]
+    assert len(first["output"]["objects"]) == 1 and first["output"]["objects"][0]["label"] == "face"
+    assert second == {"index": 1, "error": {"code": "invalid_input", "message": "image content is not valid base64"}}
+
+
+def test_idempotency_key_replays_the_job_and_refuses_another_body(client):
+    first = submit(client, {"model": "sentiment", "inputs": TEXTS}, **{"Idempotency-Key": "order-42"})
+    again = submit(client, {"model": "sentiment", "inputs": TEXTS}, **{"Idempotency-Key": "order-42"})
+    other = submit(client, {"model": "sentiment", "inputs": TEXTS[:1]}, **{"Idempotency-Key": "order-42"})
+    fresh = submit(client, {"model": "sentiment", "inputs": TEXTS})
+    assert first.status_code == 202 and "Idempotent-Replayed" not in first.headers
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert other.status_code == 409
+    assert other.get_json()["error"]["code"] == "idempotency_conflict"
+    assert other.get_json()["error"]["details"] == {"job_id": first.get_json()["id"]}
+    assert fresh.get_json()["id"] != first.get_json()["id"]
+
+
+def test_cancel_a_queued_job_then_a_finished_one_is_a_conflict(client, app, registry):
+    job_id = submit(client, {"model": "sentiment", "inputs": TEXTS}).get_json()["id"]
+    r = client.delete(f"/v1/jobs/{job_id}")
+    assert r.status_code == 200 and r.get_json()["status"] == "cancelled" and r.get_json()["finished_at"]
+    assert client.delete(f"/v1/jobs/{job_id}").get_json()["status"] == "cancelled"
+    run_queued(app, registry, job_id)  # a worker that gets the message skips it
+    assert client.get(f"/v1/jobs/{job_id}").get_json()["progress"]["done"] == 0
+
+    finished = submit(client, {"model": "sentiment", "inputs": TEXTS}).get_json()["id"]
+    run_queued(app, registry, finished)
+    r = client.delete(f"/v1/jobs/{finished}")
+    assert r.status_code == 409 and r.get_json()["error"]["details"] == {"status": "succeeded"}
+
+
+@pytest.mark.parametrize(
+    "body, status, code, field",
+    [
+        ({"model": "sentiment", "inputs": []}, 422, "validation_failed", "inputs"),
+        ({"model": "sentiment"}, 422, "validation_failed", "inputs"),
+        ({"model": "sentiment", "inputs": ["ok"], "colour": "red"}, 422, "validation_failed", "colour"),
+        ({"model": "sentiment", "inputs": ["ok"] * 6}, 422, "validation_failed", "inputs"),
+        ({"model": "sentiment", "inputs": ["ok", "   "]}, 422, "validation_failed", "inputs[1]"),
+        ({"model": "sentiment", "inputs": [3]}, 422, "validation_failed", "inputs[0]"),
+        ({"model": "nope", "inputs": ["ok"]}, 404, "model_not_found", None),
+    ],
+)
+def test_bad_submissions_get_a_clear_error_and_make_no_job(client, app, body, status, code, field):
+    r = submit(client, body)
+    assert r.status_code == status, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == code
+    if field:
+        assert field in [d["field"] for d in error["details"]]
+    store = app.extensions[JOBS_EXTENSION].store
+    assert not store.path.exists() or store._conn.execute("select count(*) from jobs").fetchone()[0] == 0
+
+
+def test_bad_headers_content_type_and_ids(client):
+    r = submit(client, {"model": "sentiment", "inputs": ["ok"]}, **{"Idempotency-Key": "x" * 300})
+    assert r.status_code == 422 and r.get_json()["error"]["details"][0]["field"] == "Idempotency-Key"
+    r = client.post("/v1/jobs", data="model=sentiment", content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 415
+    r = client.post("/v1/jobs", data="{not json", content_type="application/json")
+    assert r.status_code == 400
+    for path in ("/v1/jobs/0123456789abcdef0123456789abcdef", "/v1/jobs/../../etc", "/v1/jobs/x/result"):
+        r = client.get(path)
+        assert r.status_code == 404, path
+    missing = client.delete("/v1/jobs/0123456789abcdef0123456789abcdef")
+    assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "job_not_found"
+    assert client.put("/v1/jobs").status_code == 405
+
+
+def test_jobs_routes_need_the_api_key_when_keys_are_set(settings, registry):
+    settings.api_keys = ["secret"]
+    client = create_app(settings, registry=registry).test_client()
+    assert client.post("/v1/jobs", json={"model": "sentiment", "inputs": ["ok"]}).status_code == 401
+    assert client.get("/v1/jobs/0123456789abcdef0123456789abcdef").status_code == 401
+    r = client.post("/v1/jobs", json={"model": "sentiment", "inputs": ["ok"]}, headers={"X-Api-Token": "secret"})
+    assert r.status_code == 202
