@@ -5,6 +5,8 @@ moto server on loopback)."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from dataclasses import dataclass, field
 
 import pytest
@@ -195,3 +197,28 @@ def test_a_killed_worker_leaves_the_job_to_the_next_one_without_recomputing(stac
     lines = stack.results(job_id)
     assert [line["index"] for line in lines] == list(range(1000))
     assert [line["output"] for line in lines] == stack.synchronous(inputs)
+
+
+def readme_jobs_script(port: int) -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Background jobs", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert blocks
+    # Every curl reports its status on stderr, leaving stdout as the README shows it.
+    script = "set -euo pipefail\ncurl() { command curl -w '%{stderr}@@%{http_code}\\n' \"$@\"; }\n"
+    return script + "\n".join(block.replace("localhost:8000", f"127.0.0.1:{port}") for block in blocks)
+
+
+def test_the_readme_jobs_commands_work_as_written(stack):
+    done = subprocess.run(["bash", "-c", readme_jobs_script(stack.server.port)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    statuses = [int(code) for code in re.findall(r"@@(\d{3})", done.stderr)]
+    # submit, status, the polls until it succeeded, the result, the cancel of a finished job
+    assert statuses[:2] in ([202, 200], [200, 200])  # 200: a replay when this ran before
+    assert statuses[-1] == 409 and all(code == 200 for code in statuses[1:-1])
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[0]["model"] == "sentiment" and lines[0]["progress"]["total"] == 3
+    assert [line["index"] for line in lines[1:4]] == [0, 1, 2]
+    assert lines[1]["output"]["category"] in ("fresh", "rotten", "plot")
+    assert lines[4]["error"]["code"] == "conflict"
