@@ -9,16 +9,17 @@ import re
 from datetime import datetime, timezone
 
 from flask import Blueprint, Flask, current_app, jsonify, redirect, request, send_file, url_for
-from flask_pydantic_spec import Response
+from flask_pydantic_spec import MultipartFormRequest, Response
 
 from adapters.base import TEXT_CLASSIFICATION, TEXT_EMBEDDING
 from api import operations as ops
 from api.context import services
-from api.schemas import ErrorResponse, JobRequest, JobStatus
+from api.schemas import ErrorResponse, Feature, JobRequest, JobStatus, JobUploadForm
 from api.spec import spec
 from jobs.records import SUCCEEDED, Job
 from jobs.service import JobService, build_service
-from serving.errors import JobNotFound, ValidationFailed
+from jobs.uploads import read_inputs
+from serving.errors import InvalidInput, JobNotFound, UnsupportedMediaType, ValidationFailed
 from serving.settings import Settings
 
 JOBS_EXTENSION = "serve_http.jobs"
@@ -88,21 +89,66 @@ def submit_job():
     another body is a 409.
     """
     body: JobRequest = request.context.body
+    return _submit(body.model, body.inputs, body.parameters)
+
+
+@jobs.before_request
+def refuse_json_parts() -> None:
+    # The spec validator json-loads any multipart part labelled JSON, before
+    # the view runs; a JSON-lines file so labelled would fail there.
+    if request.endpoint == "jobs.upload_job" and any(
+        part.mimetype == "application/json" for part in request.files.values()
+    ):
+        raise UnsupportedMediaType(
+            "send the inputs file as application/x-ndjson, application/zip or application/octet-stream",
+            details={"field": "inputs"},
+        )
+
+
+@jobs.post("/v1/jobs/upload")
+@spec.validate(
+    body=MultipartFormRequest(model=JobUploadForm, file_key="inputs"),
+    resp=Response(HTTP_202=JobStatus, HTTP_200=JobStatus, validate=False, **_errors(400, 401, 404, 409, 413, 415, 422, 503)),
+    tags=["jobs"],
+)
+def upload_job():
+    """Submit a job with its inputs in a file (multipart form).
+
+    Fields: `model`, optional `parameters` (a JSON object of detection
+    options), and the file `inputs`: JSON lines (one JSON string, or an object
+    with `text` or `image`, per line) or a zip of images (its files in name
+    order; result `index` i is the i-th name). Answers as `POST /v1/jobs`.
+    """
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("send the form as multipart/form-data", details={"field": "inputs"})
+    form: JobUploadForm = request.context.body
+    upload = request.files.get("inputs")
+    if upload is None:
+        raise InvalidInput("multipart field 'inputs' (the file) is missing", details={"field": "inputs"})
+    settings = services().settings
+    kind, inputs = read_inputs(upload.read(), settings.job_max_inputs, settings.max_image_bytes)
+    adapter = services().registry.get(form.model)
+    if kind == "images" and adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
+        raise _invalid("inputs", f"a zip of images needs an image model; {form.model!r} does {adapter.task}")
+    return _submit(form.model, inputs, form.parameters)
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, details=[{"field": field, "message": message, "type": "value_error"}])
+
+
+def _submit(model: str, inputs: list[str], parameters: Feature):
     settings = services().settings
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
-        raise ValidationFailed(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            details=[{"field": IDEMPOTENCY_HEADER, "message": "invalid header value", "type": "value_error"}],
-        )
-    adapter = services().registry.get(body.model)
-    if len(body.inputs) > settings.job_max_inputs:
-        message = f"at most {settings.job_max_inputs} inputs per job, got {len(body.inputs)}"
-        raise ValidationFailed(message, details=[{"field": "inputs", "message": message, "type": "value_error"}])
+        raise _invalid(IDEMPOTENCY_HEADER, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    adapter = services().registry.get(model)
+    if len(inputs) > settings.job_max_inputs:
+        raise _invalid("inputs", f"at most {settings.job_max_inputs} inputs per job, got {len(inputs)}")
     if adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
-        ops.check_texts(body.inputs, "inputs[{i}]")
+        ops.check_texts(inputs, "inputs[{i}]")
     outcome = job_service().submit(
-        body.model, body.inputs, body.parameters.model_dump(exclude_defaults=True), idempotency_key=key
+        model, inputs, parameters.model_dump(exclude_defaults=True), idempotency_key=key
     )
     response = jsonify(job_json(outcome.job))
     response.status_code = 202 if outcome.created else 200

@@ -247,6 +247,13 @@ class JobRequest(Strict):
     parameters: Feature = Field(default_factory=Feature, description="Detection options (image models).")
 
 
+class JobUploadForm(Strict):
+    """``POST /v1/jobs/upload``'s form fields; the file goes in the ``inputs`` part."""
+
+    model: str = Field(min_length=1, max_length=64, description="The model every input goes through.")
+    parameters: Feature = Field(default_factory=Feature, description="Detection options, as a JSON object.")
+
+
 class JobProgress(BaseModel):
     done: int = Field(description="Inputs whose results are saved.")
     total: int

@@ -3,7 +3,9 @@ through the same JobRunner a worker process uses."""
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import pytest
 
@@ -144,3 +146,77 @@ def test_jobs_routes_need_the_api_key_when_keys_are_set(settings, registry):
     assert client.get("/v1/jobs/0123456789abcdef0123456789abcdef").status_code == 401
     r = client.post("/v1/jobs", json={"model": "sentiment", "inputs": ["ok"]}, headers={"X-Api-Token": "secret"})
     assert r.status_code == 202
+
+
+def upload(client, data: bytes, filename: str, content_type: str = "application/octet-stream", **fields):
+    form = {"inputs": (io.BytesIO(data), filename, content_type), **fields}
+    return client.post("/v1/jobs/upload", data=form, content_type="multipart/form-data")
+
+
+def results_of(client, job_id: str) -> list[dict]:
+    return [json.loads(line) for line in client.get(f"/v1/jobs/{job_id}/result").get_data(as_text=True).splitlines()]
+
+
+def test_upload_json_lines_of_texts(client, app, registry):
+    lines = [json.dumps(TEXTS[0]), "", json.dumps({"text": TEXTS[1]}), json.dumps(TEXTS[2])]
+    r = upload(client, "\n".join(lines).encode(), "reviews.jsonl", model="sentiment")
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()
+    assert job["progress"]["total"] == 3 and r.headers["Location"] == f"/v1/jobs/{job['id']}"
+    run_queued(app, registry, job["id"])
+    expected = client.post("/v1/models/sentiment/predict", json={"inputs": TEXTS}).get_json()["outputs"]
+    assert [line["output"] for line in results_of(client, job["id"])] == expected
+
+
+def test_upload_a_zip_of_images_in_name_order(client, app, registry, astronaut_jpeg, chelsea_jpeg):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("b-cat.jpg", chelsea_jpeg)
+        archive.writestr("a-astronaut.jpg", astronaut_jpeg)
+        archive.writestr("photos/", b"")
+        archive.writestr(".DS_Store", b"junk")
+    r = upload(client, buffer.getvalue(), "photos.zip", "application/zip", model="faces",
+               parameters='{"maxResults": 3}')
+    assert r.status_code == 202, r.get_json()
+    job_id = r.get_json()["id"]
+    assert r.get_json()["progress"]["total"] == 2
+    run_queued(app, registry, job_id)
+    astronaut, cat = results_of(client, job_id)
+    assert astronaut["index"] == 0 and len(astronaut["output"]["objects"]) == 1
+    assert (cat["output"]["width"], cat["output"]["height"]) == (451, 300)
+
+
+@pytest.mark.parametrize(
+    "data, fields, status, code",
+    [
+        (b'"fine"\n{"oops"\n', {"model": "sentiment"}, 422, "validation_failed"),
+        (b'"fine"\n42\n', {"model": "sentiment"}, 422, "validation_failed"),
+        (b"\n\n", {"model": "sentiment"}, 422, "validation_failed"),
+        (b"\xff\xfe\x00", {"model": "sentiment"}, 400, "invalid_input"),
+        (b"PK\x03\x04 not really a zip", {"model": "faces"}, 400, "invalid_input"),
+        (b'"fine"\n', {"model": "nope"}, 404, "model_not_found"),
+        (b'"fine"\n', {"model": "sentiment", "colour": "red"}, 422, "validation_failed"),
+        (b'"fine"\n', {}, 422, "validation_failed"),
+        (b'"fine"\n', {"model": "faces", "parameters": '{"maxResults": 0}'}, 422, "validation_failed"),
+        (b'"fine"\n', {"model": "faces", "parameters": "{nope"}, 422, "validation_failed"),
+        (b"\n".join([b'"x"'] * 6), {"model": "sentiment"}, 422, "validation_failed"),
+    ],
+)
+def test_bad_uploads_get_a_clear_error(client, data, fields, status, code):
+    r = upload(client, data, "inputs.jsonl", **fields)
+    assert r.status_code == status, r.get_json()
+    assert r.get_json()["error"]["code"] == code
+
+
+def test_upload_refuses_a_zip_for_a_text_model_a_json_part_and_a_missing_file(client, astronaut_jpeg):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.jpg", astronaut_jpeg)
+    r = upload(client, buffer.getvalue(), "a.zip", model="sentiment")
+    assert r.status_code == 422 and "image model" in r.get_json()["error"]["message"]
+    r = upload(client, b'"fine"\n', "inputs.json", "application/json", model="sentiment")
+    assert r.status_code == 415
+    r = client.post("/v1/jobs/upload", data={"model": "sentiment"}, content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"]["details"] == {"field": "inputs"}
+    r = client.post("/v1/jobs/upload", json={"model": "sentiment"})
+    assert r.status_code == 415
