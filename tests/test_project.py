@@ -25,7 +25,8 @@ def test_openapi_documents_every_route():
         "/healthz": {"get"}, "/readyz": {"get"}, "/": {"post"}, "/predict": {"post"},
         "/prediction": {"post"}, "/object-detection": {"post"}, "/cache": {"delete"},
         "/healthCheck": {"get"}, "/info": {"get"},
-        "/v1/jobs": {"post"}, "/v1/jobs/{job_id}": {"get", "delete"}, "/v1/jobs/{job_id}/result": {"get"},
+        "/v1/jobs": {"post"}, "/v1/jobs/upload": {"post"}, "/v1/jobs/{job_id}": {"get", "delete"},
+        "/v1/jobs/{job_id}/result": {"get"},
     }
     assert {path: set(ops) for path, ops in paths.items()} == expected
     detect = paths["/v1/detect"]["post"]
