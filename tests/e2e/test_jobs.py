@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import textwrap
 from dataclasses import dataclass, field
 
 import pytest
@@ -90,7 +91,7 @@ def stack(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(backend.replace("+", "-"))
     env = {
         "SERVE_MODEL_REPOSITORY": str(REPO_ROOT / "models"),
-        "SERVE_MODELS": "sentiment",
+        "SERVE_MODELS": "sentiment,faces",
         "SERVE_JOBS_DIR": str(tmp / "jobs"),
         "SERVE_JOB_BATCH_SIZE": str(BATCH),
         "SERVE_JOB_HEARTBEAT_S": "0.5",
@@ -202,10 +203,13 @@ def test_a_killed_worker_leaves_the_job_to_the_next_one_without_recomputing(stac
 def readme_jobs_script(port: int) -> str:
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## Background jobs", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
-    assert blocks
-    # Every curl reports its status on stderr, leaving stdout as the README shows it.
+    blocks = [textwrap.dedent(block) for block in re.findall(r"```sh\n(.*?)```", section, re.S)]
+    assert len(blocks) == 2
+    # Every curl reports its status on stderr, leaving stdout as the README shows it;
+    # the photo is the one "Try it" makes.
     script = "set -euo pipefail\ncurl() { command curl -w '%{stderr}@@%{http_code}\\n' \"$@\"; }\n"
+    script += (".venv/bin/python -c \"from skimage import data; from PIL import Image; "
+               "Image.fromarray(data.astronaut()).save('/tmp/astronaut.jpg')\"\n")
     return script + "\n".join(block.replace("localhost:8000", f"127.0.0.1:{port}") for block in blocks)
 
 
@@ -214,11 +218,15 @@ def test_the_readme_jobs_commands_work_as_written(stack):
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     statuses = [int(code) for code in re.findall(r"@@(\d{3})", done.stderr)]
-    # submit, status, the polls until it succeeded, the result, the cancel of a finished job
-    assert statuses[:2] in ([202, 200], [200, 200])  # 200: a replay when this ran before
-    assert statuses[-1] == 409 and all(code == 200 for code in statuses[1:-1])
+    # submit, status, the polls until it succeeded, the result, the cancel of a
+    # finished job (409), the upload
+    assert statuses[0] in (202, 200)  # 200: a replay of the same Idempotency-Key
+    assert statuses[-2:] == [409, 202] and all(code == 200 for code in statuses[1:-2])
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert lines[0]["model"] == "sentiment" and lines[0]["progress"]["total"] == 3
     assert [line["index"] for line in lines[1:4]] == [0, 1, 2]
     assert lines[1]["output"]["category"] in ("fresh", "rotten", "plot")
     assert lines[4]["error"]["code"] == "conflict"
+    upload = lines[5]
+    assert upload["model"] == "faces" and upload["progress"]["total"] == 1
+    stack.wait(upload["id"], lambda job: job["status"] == "succeeded", "the uploaded job")
