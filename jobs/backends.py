@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from jobs.queue import JobQueue
 from jobs.records import JobStore
 from jobs.results import LocalResults, ResultStorage, S3Results
+from jobs.sqlite_store import SqliteJobStore
 from serving.settings import Settings
 
 
@@ -18,7 +19,8 @@ class Backends:
 
     @property
     def name(self) -> str:
-        store = "redis" if type(self.store).__name__.startswith("Redis") else "sqlite"
+        """``sqlite+disk``, ``redis+s3`` ...: what the worker's start-up line names."""
+        store = "sqlite" if isinstance(self.store, SqliteJobStore) else "redis"
         results = "s3" if isinstance(self.results, S3Results) else "disk"
         return f"{store}+{results}"
 
@@ -28,8 +30,6 @@ def build_store(settings: Settings) -> JobStore:
         from jobs.redis_store import RedisJobStore
 
         return RedisJobStore(settings.redis_url)
-    from jobs.sqlite_store import SqliteJobStore
-
     return SqliteJobStore(settings.jobs_dir / "jobs.db")
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import redis
 
-from jobs.records import FAILED, QUEUED, RUNNING, Created, Job, now
+from jobs.records import Created, Job, now
 
 _INT = ("total", "batch_size", "done", "computed", "attempt")
 _FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at")
@@ -214,5 +214,3 @@ class RedisJobStore:
             pipe.execute()
         return list(expired)
 
-
-__all__ = ["RedisJobStore", "QUEUED", "RUNNING", "FAILED"]

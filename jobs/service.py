@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from jobs.backends import Backends, build_backends
-from jobs.records import FAILED, FINISHED, SUCCEEDED, Created, Job, new_job_id, now
+from jobs.records import FAILED, SUCCEEDED, Created, Job, new_job_id
 from jobs.results import LocalResults, S3Results
 from serving.errors import Conflict, IdempotencyConflict, JobNotFinished, JobNotFound, NotReady
 from serving.settings import Settings
@@ -98,5 +98,3 @@ class JobService:
 def build_service(settings: Settings, immediate: bool = False) -> JobService:
     return JobService(settings, build_backends(settings, immediate=immediate))
 
-
-__all__ = ["JobService", "ResultLocation", "build_service", "FINISHED", "now"]

@@ -152,3 +152,34 @@ def test_parts_join_in_order_into_one_result(results):
     assert body == b"".join(b'{"index":%d}\n' % i for i in range(5))
     results.delete(job_id)
     assert not results.has_result(job_id)
+
+
+def test_the_sweep_requeues_lost_jobs_and_purges_expired_ones(tmp_path):
+    from jobs.backends import build_backends
+    from jobs.maintenance import Maintenance
+    from serving.settings import Settings
+
+    settings = Settings(_env_file=None, jobs_dir=tmp_path / "jobs", job_visibility_timeout_s=1,
+                        job_retention_s=1, job_max_attempts=2)
+    backends = build_backends(settings)
+    store, results = backends.store, backends.results
+    lost = store.create(job(), ["x"]).job.id
+    store.claim(lost)
+    expired = store.create(job(), ["x"]).job.id
+    store.claim(expired)
+    results.write_part(expired, 0, b'{"index":0}\n')
+    results.finalize(expired, 1)
+    store.finish(expired, 1, SUCCEEDED)
+    kept = store.create(job(), ["x"]).job.id
+    store.claim(kept)
+    # Backdate: the lost job's heartbeat and the expired job's finish are 5 s old.
+    store._conn.execute("update jobs set heartbeat_at = heartbeat_at - 5 where id = ?", (lost,))
+    store._conn.execute("update jobs set finished_at = finished_at - 5 where id = ?", (expired,))
+
+    requeued, failed, purged = Maintenance(settings, backends).sweep()
+    assert (requeued, failed, purged) == ([lost], [], [expired])
+    assert store.get(lost).status == QUEUED and store.get(kept).status == RUNNING
+    assert store.get(expired) is None and not results.has_result(expired)
+    # The lost job is back on huey's SQLite queue, for any worker to take.
+    assert backends.queue.huey.pending_count() == 1
+    assert backends.queue.huey.pending()[0].args == (lost,)
