@@ -40,7 +40,7 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return attempt
 """
 
-# KEYS: job hash, running set, finished zset; ARGV: id, attempt, action, now, values...
+# KEYS: job hash, running set, finished zset, inputs; ARGV: id, attempt, action, now, values...
 _OWNED = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
   return 0
@@ -55,6 +55,7 @@ elseif action == 'finish' then
   redis.call('HSET', KEYS[1], 'status', ARGV[5], 'finished_at', ARGV[4], 'error_code', ARGV[6], 'error_message', ARGV[7])
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  redis.call('DEL', KEYS[4])
 elseif action == 'release' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -62,13 +63,14 @@ end
 return 1
 """
 
-# KEYS: job hash, running set, finished zset; ARGV: id, now.
+# KEYS: job hash, running set, finished zset, inputs; ARGV: id, now.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+  redis.call('DEL', KEYS[4])
 end
 return status
 """
@@ -167,7 +169,7 @@ class RedisJobStore:
         return int(attempt) if attempt else None
 
     def _owned_call(self, job_id: str, attempt: int, action: str, *values: Any) -> bool:
-        keys = [self._key(job_id), self._running, self._finished]
+        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs"]
         args = [job_id, attempt, action, repr(now()), *("" if v is None else v for v in values)]
         return bool(self._owned(keys=keys, args=args))
 
@@ -185,7 +187,8 @@ class RedisJobStore:
         return self._owned_call(job_id, attempt, "release")
 
     def cancel(self, job_id: str) -> Job | None:
-        self._cancel(keys=[self._key(job_id), self._running, self._finished], args=[job_id, repr(now())])
+        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs"]
+        self._cancel(keys=keys, args=[job_id, repr(now())])
         return self.get(job_id)
 
     def requeue_stale(self, cutoff: float, max_attempts: int) -> tuple[list[str], list[str]]:

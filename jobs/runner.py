@@ -96,6 +96,8 @@ class JobRunner:
         if not self.store.progress(job.id, attempt, done, 0):
             return False
         inputs = self.store.inputs(job.id)
+        if len(inputs) != job.total:  # cancelled (and its inputs dropped) since the claim
+            return False
         for index in range(job.batches):
             if index in saved:
                 continue

@@ -143,20 +143,25 @@ class SqliteJobStore:
 
     def finish(self, job_id: str, attempt: int, status: str, error_code: str | None = None,
                error_message: str | None = None) -> bool:
-        return self._owned_update(
+        finished = self._owned_update(
             job_id, attempt, "status = ?, finished_at = ?, error_code = ?, error_message = ?",
             (status, now(), error_code, error_message),
         )
+        if finished:  # a finished job's inputs are never read again
+            self._conn.execute("delete from job_inputs where job_id = ?", (job_id,))
+        return finished
 
     def release(self, job_id: str, attempt: int) -> bool:
         return self._owned_update(job_id, attempt, "status = ?", (QUEUED,))
 
     def cancel(self, job_id: str) -> Job | None:
         with self._write() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 f"update jobs set status = ?, finished_at = ? where id = ? and status in ({', '.join('?' * len(ACTIVE))})",
                 (CANCELLED, now(), job_id, *ACTIVE),
             )
+            if cursor.rowcount:
+                conn.execute("delete from job_inputs where job_id = ?", (job_id,))
         return self.get(job_id)
 
     def requeue_stale(self, cutoff: float, max_attempts: int) -> tuple[list[str], list[str]]:

@@ -65,7 +65,9 @@ def test_claim_progress_and_finish_belong_to_one_attempt(store):
     running = store.get(job_id)
     assert (running.status, running.done, running.computed, running.attempt) == (RUNNING, 3, 3, 1)
     assert running.started_at and running.heartbeat_at
+    assert store.inputs(job_id) == ["x"] * 10
     assert store.finish(job_id, 1, SUCCEEDED)
+    assert store.inputs(job_id) == []  # never read again: not kept for the retention period
     assert not store.finish(job_id, 1, FAILED, "x", "y")  # finished stays finished
     done = store.get(job_id)
     assert done.status == SUCCEEDED and done.finished_at >= done.started_at and done.error_code is None
@@ -75,6 +77,7 @@ def test_cancel_stops_the_owner_and_leaves_finished_jobs_alone(store):
     job_id = store.create(job(), ["x"]).job.id
     store.claim(job_id)
     assert store.cancel(job_id).status == CANCELLED
+    assert store.inputs(job_id) == []
     assert not store.progress(job_id, 1, 1, 1)
     assert not store.heartbeat(job_id, 1)
     assert store.cancel(job_id).status == CANCELLED
