@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import orjson
 
@@ -54,6 +55,7 @@ class JobRunner:
     predictor: Predictor
     limits: ImageLimits
     heartbeat_s: float
+    requeue: Callable[[str], None]
 
     def __call__(self, job_id: str) -> None:
         attempt = self.store.claim(job_id)
@@ -87,7 +89,8 @@ class JobRunner:
             # Shutdown (SIGTERM, Ctrl-C): hand the job back at once instead of
             # leaving it for the stale sweep; the saved batches are kept.
             if self.store.release(job_id, attempt):
-                log.info("job %s: released on shutdown", job_id)
+                self.requeue(job_id)
+                log.info("job %s: handed back to the queue on shutdown", job_id)
             raise
 
     def _run_batches(self, job, attempt: int) -> bool:

@@ -83,7 +83,9 @@ def build_consumer(settings: Settings) -> JobConsumer:
         max_pixels=settings.max_image_pixels,
         formats=tuple(settings.image_formats),
     )
-    install_runner(JobRunner(backends.store, backends.results, predictor, limits, settings.job_heartbeat_s))
+    install_runner(
+        JobRunner(backends.store, backends.results, predictor, limits, settings.job_heartbeat_s, backends.queue.enqueue)
+    )
     huey = backends.queue.huey
     threads = compute_threads(settings)
 

@@ -30,7 +30,8 @@ def run_queued(app, registry, job_id: str) -> None:
     """What a worker process does with the queued job id."""
     backends = app.extensions[JOBS_EXTENSION].backends
     runner = JobRunner(backends.store, backends.results, Predictor(registry, batching=False),
-                       ImageLimits(10_000_000, 40_000_000, ("JPEG", "PNG")), heartbeat_s=5)
+                       ImageLimits(10_000_000, 40_000_000, ("JPEG", "PNG")), heartbeat_s=5,
+                       requeue=backends.queue.enqueue)
     runner(job_id)
 
 

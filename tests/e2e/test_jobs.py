@@ -176,6 +176,19 @@ def test_cancel_a_running_job(stack):
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
 
+def test_a_stopped_worker_hands_its_job_back_at_once(stack):
+    job_id = stack.submit(texts(1000, seed=5)).json()["id"]
+    stack.wait(job_id, lambda job: job["status"] == "running" and job["progress"]["done"] > 0, "progress")
+    assert stack.worker.stop() == 0  # SIGTERM: what `make serve`'s Ctrl-C and Docker send
+    back = stack.job(job_id)
+    assert back["status"] == "queued" and 0 < back["progress"]["done"] < 1000
+    assert "handed back to the queue on shutdown" in stack.worker.log()
+    stack.worker = JobWorker(stack.server, name="worker-after-stop").start()
+    final = stack.wait(job_id, lambda job: job["status"] not in ("queued", "running"), "finish after restart")
+    assert final["status"] == "succeeded" and final["attempts"] == 2
+    assert final["computed"] <= 1000 + BATCH
+
+
 def test_a_killed_worker_leaves_the_job_to_the_next_one_without_recomputing(stack):
     inputs = texts(1000, seed=4)
     job_id = stack.submit(inputs).json()["id"]
