@@ -159,14 +159,14 @@ def _submit(model: str, inputs: list[str], parameters: Feature):
 
 
 @jobs.get("/v1/jobs/<job_id>")
-@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404)), tags=["jobs"])
+@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 503)), tags=["jobs"])
 def get_job(job_id: str):
     """A job's status, progress (inputs done / total), timestamps and error."""
     return jsonify(job_json(job_service().get(_job_id(job_id))))
 
 
 @jobs.get("/v1/jobs/<job_id>/result")
-@spec.validate(resp=Response("HTTP_200", "HTTP_307", validate=False, **_errors(401, 404, 409)), tags=["jobs"])
+@spec.validate(resp=Response("HTTP_200", "HTTP_307", validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
 def job_result(job_id: str):
     """A succeeded job's results, as JSON lines.
 
@@ -185,7 +185,7 @@ def job_result(job_id: str):
 
 
 @jobs.delete("/v1/jobs/<job_id>")
-@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 409)), tags=["jobs"])
+@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
 def cancel_job(job_id: str):
     """Cancel a queued or running job.
 

@@ -111,5 +111,8 @@ class JobStore(Protocol):
         """Running jobs whose heartbeat is older than ``cutoff``: back to queued, or failed
         once they used ``max_attempts``. Returns (requeued ids, failed ids)."""
 
+    def discard(self, job_id: str) -> None:
+        """Forget a job at once (its enqueue failed: a retry must not find it)."""
+
     def purge(self, finished_before: float) -> list[str]:
         """Delete the records of jobs finished before the cutoff; their ids."""

@@ -205,15 +205,18 @@ class RedisJobStore:
                 failed.append(job_id)
         return requeued, failed
 
+    def discard(self, job_id: str) -> None:
+        key = self.redis.hget(self._key(job_id), "idempotency_key")
+        pipe = self.redis.pipeline()
+        pipe.delete(self._key(job_id), self._key(job_id) + ":inputs")
+        if key:
+            pipe.delete(self._idempotency(key))
+        pipe.srem(self._running, job_id)
+        pipe.zrem(self._finished, job_id)
+        pipe.execute()
+
     def purge(self, finished_before: float) -> list[str]:
         expired = self.redis.zrangebyscore(self._finished, "-inf", finished_before)
         for job_id in expired:
-            key = self.redis.hget(self._key(job_id), "idempotency_key")
-            pipe = self.redis.pipeline()
-            pipe.delete(self._key(job_id), self._key(job_id) + ":inputs")
-            if key:
-                pipe.delete(self._idempotency(key))
-            pipe.zrem(self._finished, job_id)
-            pipe.execute()
+            self.discard(job_id)
         return list(expired)
-

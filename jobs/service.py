@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
 
 from jobs.backends import Backends, build_backends
 from jobs.records import FAILED, SUCCEEDED, Created, Job, new_job_id
@@ -27,6 +32,20 @@ class ResultLocation:
 
     path: Path | None = None
     url: str | None = None
+
+
+# What a store, queue or bucket raises when it is down or overloaded.
+BACKEND_ERRORS = (redis.RedisError, sqlite3.OperationalError, BotoCoreError, ClientError, OSError)
+
+
+@contextmanager
+def backend_call(what: str) -> Iterator[None]:
+    """A backend that is down is a 503 for the client (and a traceback in the log), never a 500."""
+    try:
+        yield
+    except BACKEND_ERRORS:
+        log.exception("job backend failed: %s", what)
+        raise NotReady(f"the job {what} is not reachable; try again") from None
 
 
 class JobService:
@@ -51,7 +70,8 @@ class JobService:
             idempotency_key=idempotency_key,
             body_digest=body_digest,
         )
-        outcome = self.store.create(job, inputs)
+        with backend_call("store"):
+            outcome = self.store.create(job, inputs)
         if not outcome.created:
             if outcome.job.body_digest != body_digest:
                 raise IdempotencyConflict(
@@ -63,18 +83,22 @@ class JobService:
             self.backends.queue.enqueue(job.id)
         except Exception:
             log.exception("could not enqueue job %s", job.id)
-            self.store.cancel(job.id)
+            # Forgotten, so that a retry with the same Idempotency-Key makes it anew.
+            with backend_call("store"):
+                self.store.discard(job.id)
             raise NotReady("the job queue is not reachable; try again") from None
         return outcome
 
     def get(self, job_id: str) -> Job:
-        job = self.store.get(job_id)
+        with backend_call("store"):
+            job = self.store.get(job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")
         return job
 
     def cancel(self, job_id: str) -> Job:
-        job = self.store.cancel(job_id)
+        with backend_call("store"):
+            job = self.store.cancel(job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")
         if job.status in (SUCCEEDED, FAILED):
@@ -90,7 +114,8 @@ class JobService:
             )
         results = self.backends.results
         if isinstance(results, S3Results):
-            return ResultLocation(url=results.url(job_id))
+            with backend_call("result storage"):
+                return ResultLocation(url=results.url(job_id))
         assert isinstance(results, LocalResults)
         return ResultLocation(path=results.path(job_id))
 

@@ -182,6 +182,10 @@ class SqliteJobStore:
             ]
         return requeued, failed
 
+    def discard(self, job_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("delete from jobs where id = ?", (job_id,))
+
     def purge(self, finished_before: float) -> list[str]:
         with self._write() as conn:
             return [

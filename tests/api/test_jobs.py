@@ -221,3 +221,18 @@ def test_upload_refuses_a_zip_for_a_text_model_a_json_part_and_a_missing_file(cl
     assert r.status_code == 400 and r.get_json()["error"]["details"] == {"field": "inputs"}
     r = client.post("/v1/jobs/upload", json={"model": "sentiment"})
     assert r.status_code == 415
+
+
+def test_an_unreachable_redis_is_a_503_not_a_crash(settings, registry):
+    from tests.e2e.server import free_port
+
+    settings.redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    client = create_app(settings, registry=registry).test_client()
+    for r in (
+        client.post("/v1/jobs", json={"model": "sentiment", "inputs": ["ok"]}),
+        client.get("/v1/jobs/0123456789abcdef0123456789abcdef"),
+        client.delete("/v1/jobs/0123456789abcdef0123456789abcdef"),
+    ):
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.get_json()["error"]["code"] == "not_ready"
+        assert "Traceback" not in r.get_data(as_text=True)

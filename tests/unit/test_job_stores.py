@@ -104,6 +104,13 @@ def test_stale_jobs_are_requeued_then_failed_after_the_last_attempt(store):
     assert lost.status == FAILED and lost.error_code == "worker_lost" and "2 time(s)" in lost.error_message
 
 
+def test_discard_forgets_a_job_and_its_key(store):
+    job_id = store.create(job(key="gone"), ["x"]).job.id
+    store.discard(job_id)
+    assert store.get(job_id) is None and store.inputs(job_id) == []
+    assert store.create(job(key="gone"), ["y"]).created
+
+
 def test_release_hands_a_job_back(store):
     job_id = store.create(job(), ["x"]).job.id
     store.claim(job_id)
