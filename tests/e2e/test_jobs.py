@@ -10,10 +10,12 @@ import subprocess
 import textwrap
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import requests
 
 from serving.settings import REPO_ROOT
+from tests.conftest import b64, jpeg_bytes
 from tests.e2e.server import GunicornServer, JobWorker, Process, RedisServer, S3Server, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -243,3 +245,26 @@ def test_the_readme_jobs_commands_work_as_written(stack):
     upload = lines[5]
     assert upload["model"] == "faces" and upload["progress"]["total"] == 1
     stack.wait(upload["id"], lambda job: job["status"] == "succeeded", "the uploaded job")
+
+
+def test_forked_job_processes_run_a_torch_model_and_jobs_side_by_side(model_repo, tmp_path):
+    """Two job processes forked from a main process that loaded torch weights:
+    a forward pass in a child would hang if the main had run torch before the fork."""
+    env = {"SERVE_MODEL_REPOSITORY": str(model_repo), "SERVE_JOBS_DIR": str(tmp_path / "jobs"),
+           "SERVE_JOB_WORKERS": "2", "SERVE_JOB_BATCH_SIZE": "2", "WORKERS": "1"}
+    with GunicornServer(tmp_path, env=env) as server, JobWorker(server) as worker:
+        images = [b64(jpeg_bytes(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)))
+                  for i in range(6)]
+        stack = Stack("embedded", server, worker)
+        slow = stack.submit(texts(6000, seed=6)).json()["id"]
+        stack.wait(slow, lambda job: job["status"] == "running", "the text job to start")
+        r = requests.post(f"{server.url}/v1/jobs", json={"model": "tiny-yolos", "inputs": images}, timeout=30)
+        torch_job = r.json()["id"]
+        # The second process takes the torch job while the first is still busy.
+        done = stack.wait(torch_job, lambda job: job["status"] == "succeeded", "the torch job", timeout=120)
+        assert stack.job(slow)["status"] == "running"
+        assert done["computed"] == 6
+        lines = [json.loads(line) for line in requests.get(f"{server.url}/v1/jobs/{torch_job}/result", timeout=30).text.splitlines()]
+        assert [(line["output"]["width"], line["output"]["height"]) for line in lines] == [(64, 48)] * 6
+        assert len(set(re.findall(r"\[(\d+)\] INFO jobs.runner: job \w+: attempt", worker.log()))) == 2
+        stack.wait(slow, lambda job: job["status"] == "succeeded", "the text job")
