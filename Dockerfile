@@ -32,4 +32,4 @@ ENV PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS "http://127.0.0.1:${PORT}/healthz" || exit 1
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "serve_http:app"]
+CMD ["python", "-m", "jobs.launch"]

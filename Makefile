@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 SENTIMENT := models/sentiment/model.joblib
 MINILM_HEAD := models/minilm-sentiment/head.joblib
 
-.PHONY: install models serve test test-fast browser bench openapi settings-table clean
+.PHONY: install models serve worker test test-fast browser redis bench bench-jobs openapi settings-table clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,22 @@ $(MINILM_HEAD): $(STAMP) $(SENTIMENT) training/train_embedding_classifier.py
 
 models: $(SENTIMENT) $(MINILM_HEAD)
 
+# Gunicorn and the job worker together; Ctrl-C stops both (jobs/launch.py).
 serve: models
-	$(BIN)/gunicorn -c gunicorn.conf.py serve_http:app
+	$(BIN)/python -m jobs.launch
+
+# A job worker alone: more workers, or workers on other machines (REDIS_URL).
+worker: models
+	$(BIN)/python -m jobs.worker
 
 browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || scripts/apt-install.sh chromium chromium-driver
 
-test: models browser
+# The jobs tests start their own redis-server; Debian's package provides it.
+redis:
+	command -v redis-server >/dev/null || scripts/apt-install.sh redis-server
+
+test: models browser redis
 	$(BIN)/python -m pytest
 
 # Unit and API tests only: no Gunicorn, no browser.
@@ -44,6 +53,10 @@ bench: models
 	command -v wrk >/dev/null || scripts/apt-install.sh wrk
 	$(BIN)/pip install -q -r requirements-bench.txt
 	$(BIN)/python bench/run.py
+
+# Background jobs vs the synchronous endpoint, on both backends; a few minutes.
+bench-jobs: models redis
+	$(BIN)/python bench/jobs.py
 
 openapi: $(STAMP)
 	$(BIN)/python scripts/gen_openapi.py > openapi.yml

@@ -30,12 +30,14 @@ from api.demo import demo
 from api.docs import docs
 from api.kserve import v2
 from api.metrics import metrics_blueprint
+from api.jobs import init_jobs
 from api.routes import v1
 from api.stream import is_websocket_handshake, stream, subprotocol_token
 from api.spec import spec
 from predict import ModelRegistry, Predictor
 from serving.cache import build_cache
 from serving.errors import (
+    Conflict,
     DeadlineExceeded,
     InvalidInput,
     ModelNotFound,
@@ -62,6 +64,7 @@ STATUS: dict[type[ServeError], int] = {
     Unauthorized: 401,
     NotFound: 404,
     ModelNotFound: 404,
+    Conflict: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     ValidationFailed: 422,
@@ -175,6 +178,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(metrics_blueprint)
     app.register_blueprint(stream)
     app.register_blueprint(demo)
+    init_jobs(app, settings)
     spec.register(app, register_route=False)
     metrics.record_models(registry, registry.load_seconds)
 

@@ -249,6 +249,49 @@ class ObjectDetectionResponse(BaseModel):
     objects: list[SimpleObject]
 
 
+# --- background jobs --------------------------------------------------------------------
+
+
+class JobRequest(Strict):
+    model: str = Field(min_length=1, max_length=64, description="The model every input goes through.")
+    inputs: list[str] = Field(
+        min_length=1, description="Texts for text models, base64 image files for image models."
+    )
+    parameters: Feature = Field(default_factory=Feature, description="Detection options (image models).")
+
+
+class JobUploadForm(Strict):
+    """``POST /v1/jobs/upload``'s form fields; the file goes in the ``inputs`` part."""
+
+    model: str = Field(min_length=1, max_length=64, description="The model every input goes through.")
+    parameters: Feature = Field(default_factory=Feature, description="Detection options, as a JSON object.")
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="Inputs whose results are saved.")
+    total: int
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    model: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled.")
+    progress: JobProgress
+    attempts: int = Field(description="Runs a worker started; above 1 after a worker was lost.")
+    computed: int = Field(description="Inputs run through the model over all attempts (total when nothing was redone).")
+    created_at: str
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    heartbeat_at: Optional[str] = Field(None, description="Last sign of life of the worker running it.")
+    error: Optional[JobError] = None
+    result_url: Optional[str] = Field(None, description="Where the results are, once the job succeeded.")
+
+
 # --- errors ---------------------------------------------------------------------------
 
 

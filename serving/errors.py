@@ -57,6 +57,28 @@ class WrongTask(ServeError):
     code = "wrong_task"
 
 
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class Conflict(ServeError):
+    """The request clashes with the resource's current state (409)."""
+
+    code = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    """An Idempotency-Key was reused with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class JobNotFinished(Conflict):
+    """A job's result was asked for before it succeeded, or a finished job was cancelled."""
+
+    code = "job_not_finished"
+
+
 class PayloadTooLarge(ServeError):
     code = "payload_too_large"
 

@@ -124,6 +124,30 @@ class Settings(BaseSettings):
         description="Accepted API keys (X-Api-Token or Authorization: Bearer); empty disables auth.",
     )
 
+    # --- background jobs ---------------------------------------------------
+    redis_url: str = _process_knob(
+        "REDIS_URL", "", "Redis for the job queue and job records (scale-out); empty keeps both in SQLite."
+    )
+    jobs_dir: Path = Field(
+        REPO_ROOT / "var" / "jobs", description="Folder of the embedded job queue and records (SQLite) and of local results."
+    )
+    s3_bucket: str = Field("", description="S3 bucket for job results (pre-signed downloads); empty keeps results on local disk.")
+    s3_endpoint_url: str = Field("", description="S3-compatible endpoint (MinIO, moto ...); empty means AWS.")
+    s3_region: str = Field("us-east-1", description="Region of the S3 bucket; keys come from the standard AWS_* variables.")
+    s3_prefix: str = Field("jobs/", description="Key prefix of job results in the bucket.")
+    s3_url_expiry_s: int = Field(3600, gt=0, description="Lifetime of a pre-signed result URL, in seconds.")
+    job_retention_s: int = Field(
+        7 * 24 * 3600, gt=0, description="Seconds a finished job's record and results are kept."
+    )
+    job_max_inputs: int = Field(100_000, gt=0, description="Most inputs one job may carry (422 above).")
+    job_batch_size: int = Field(64, gt=0, description="Inputs per model call in a job worker; progress is saved per batch.")
+    job_workers: int = Field(1, gt=0, description="Processes of one job worker (make worker), forked after the models load.")
+    job_heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a running job's heartbeats.")
+    job_visibility_timeout_s: float = Field(
+        30.0, gt=0, description="A running job silent this long is taken back (its worker died) and retried."
+    )
+    job_max_attempts: int = Field(3, gt=0, description="Runs a job gets before a lost worker marks it failed.")
+
     # --- gunicorn process -----------------------------------------------
     host: str = _process_knob("HOST", "0.0.0.0", "Address Gunicorn binds.")
     port: int = _process_knob("PORT", 8000, "Port Gunicorn binds.", ge=0, le=65535)

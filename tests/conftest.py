@@ -68,6 +68,7 @@ def settings(model_repo, tmp_path) -> Settings:
         model_repository=model_repo,
         cache_backend="disk",
         cache_dir=tmp_path / "cache",
+        jobs_dir=tmp_path / "jobs",
     )
 
 

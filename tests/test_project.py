@@ -27,6 +27,8 @@ def test_openapi_documents_every_route():
         "/prediction": {"post"}, "/object-detection": {"post"}, "/cache": {"delete"},
         "/healthCheck": {"get"}, "/info": {"get"},
         "/v2/health/live": {"get"}, "/v2/health/ready": {"get"}, "/v2/models/{name}/ready": {"get"},
+        "/v1/jobs": {"post"}, "/v1/jobs/upload": {"post"}, "/v1/jobs/{job_id}": {"get", "delete"},
+        "/v1/jobs/{job_id}/result": {"get"},
     }
     assert {path: set(ops) for path, ops in paths.items()} == expected
     detect = paths["/v1/detect"]["post"]

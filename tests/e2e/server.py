@@ -109,3 +109,138 @@ class GunicornServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition()`` until it returns a truthy value, bounded by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)  # polling a condition, bounded by the deadline
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Process:
+    """A background process in its own session, its output in a file."""
+
+    def __init__(self, argv: list[str], output: Path, env: dict[str, str]) -> None:
+        self.argv = argv
+        self.output = output
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def start(self):
+        with open(self.output, "ab") as out:
+            self.process = subprocess.Popen(
+                self.argv, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def log(self) -> str:
+        return self.output.read_text(errors="replace") if self.output.exists() else ""
+
+    def check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.argv[0]} exited with {self.process.returncode}:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no handler runs, nothing is cleaned up."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class JobWorker(Process):
+    """``python -m jobs.worker`` with the same environment as a GunicornServer."""
+
+    def __init__(self, server: GunicornServer, name: str = "worker") -> None:
+        super().__init__([sys.executable, "-m", "jobs.worker"], server.output.parent / f"{name}.out", server.env)
+
+    def start(self) -> "JobWorker":
+        super().start()
+        # Ready once it logged so (models loaded, consumer about to fork).
+        wait_for(lambda: self.check_alive() or "job worker ready" in self.log(), 120, "the job worker")
+        return self
+
+
+class RedisServer(Process):
+    """A throw-away ``redis-server`` on a free loopback port, no persistence."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                "--appendonly", "no", "--dir", str(tmp)]
+        super().__init__(argv, tmp / "redis.out", dict(os.environ))
+
+    def start(self) -> "RedisServer":
+        import redis
+
+        super().start()
+        client = redis.Redis.from_url(self.url)
+
+        def ping() -> bool:
+            self.check_alive()
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(ping, 30, "redis-server")
+        return self
+
+
+class S3Server(Process):
+    """moto's S3-compatible server on a free loopback port, with one bucket."""
+
+    ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def __init__(self, tmp: Path, bucket: str = "serve-jobs") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.bucket = bucket
+        argv = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)]
+        super().__init__(argv, tmp / "moto.out", {**os.environ, **self.ENV})
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def start(self) -> "S3Server":
+        super().start()
+
+        def up() -> bool:
+            self.check_alive()
+            try:
+                return requests.get(self.url, timeout=2).status_code < 500
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, 60, "moto_server")
+        self.client().create_bucket(Bucket=self.bucket)
+        return self
+
+    def settings_env(self) -> dict[str, str]:
+        """The settings that send job results to this server."""
+        return {**self.ENV, "SERVE_S3_BUCKET": self.bucket, "SERVE_S3_ENDPOINT_URL": self.url}

@@ -1,0 +1,195 @@
+"""Background jobs over HTTP: ``/v1/jobs`` submit, status, result, cancel.
+
+Thin: validation and HTTP shaping here, everything else in ``jobs.service``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from flask import Blueprint, Flask, current_app, jsonify, redirect, request, send_file, url_for
+from flask_pydantic_spec import MultipartFormRequest, Response
+
+from adapters.base import TEXT_CLASSIFICATION, TEXT_EMBEDDING
+from api import operations as ops
+from api.context import services
+from api.schemas import ErrorResponse, Feature, JobRequest, JobStatus, JobUploadForm
+from api.spec import spec
+from jobs.records import SUCCEEDED, Job
+from jobs.service import JobService, build_service
+from jobs.uploads import read_inputs
+from serving.errors import InvalidInput, JobNotFound, UnsupportedMediaType, ValidationFailed
+from serving.settings import Settings
+
+JOBS_EXTENSION = "serve_http.jobs"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+jobs = Blueprint("jobs", __name__)
+
+
+def init_jobs(app: Flask, settings: Settings) -> None:
+    """Give the app its job service (nothing connects yet) and the routes."""
+    app.extensions[JOBS_EXTENSION] = build_service(settings)
+    app.register_blueprint(jobs)
+
+
+def job_service() -> JobService:
+    return current_app.extensions[JOBS_EXTENSION]
+
+
+def _errors(*codes: int) -> dict:
+    return {f"HTTP_{code}": ErrorResponse for code in codes}
+
+
+def _time(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_json(job: Job) -> dict:
+    error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
+    return {
+        "id": job.id,
+        "model": job.model,
+        "status": job.status,
+        "progress": {"done": job.done, "total": job.total},
+        "attempts": job.attempt,
+        "computed": job.computed,
+        "created_at": _time(job.created_at),
+        "started_at": _time(job.started_at),
+        "finished_at": _time(job.finished_at),
+        "heartbeat_at": _time(job.heartbeat_at),
+        "error": error,
+        "result_url": url_for("jobs.job_result", job_id=job.id) if job.status == SUCCEEDED else None,
+    }
+
+
+def _job_id(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise JobNotFound(f"no job {job_id!r}")
+    return job_id
+
+
+@jobs.post("/v1/jobs")
+@spec.validate(
+    body=JobRequest,
+    resp=Response(HTTP_202=JobStatus, HTTP_200=JobStatus, validate=False, **_errors(400, 401, 404, 409, 413, 415, 422, 503)),
+    tags=["jobs"],
+)
+def submit_job():
+    """Run many inputs through a model in the background.
+
+    Answers 202 with the job and its `Location`; poll it, then fetch
+    `/v1/jobs/{id}/result`. With an `Idempotency-Key` header, a retried POST
+    returns the first job (200, `Idempotent-Replayed: true`); the same key with
+    another body is a 409.
+    """
+    body: JobRequest = request.context.body
+    return _submit(body.model, body.inputs, body.parameters)
+
+
+@jobs.before_request
+def refuse_json_parts() -> None:
+    # The spec validator json-loads any multipart part labelled JSON, before
+    # the view runs; a JSON-lines file so labelled would fail there.
+    if request.endpoint == "jobs.upload_job" and any(
+        part.mimetype == "application/json" for part in request.files.values()
+    ):
+        raise UnsupportedMediaType(
+            "send the inputs file as application/x-ndjson, application/zip or application/octet-stream",
+            details={"field": "inputs"},
+        )
+
+
+@jobs.post("/v1/jobs/upload")
+@spec.validate(
+    body=MultipartFormRequest(model=JobUploadForm, file_key="inputs"),
+    resp=Response(HTTP_202=JobStatus, HTTP_200=JobStatus, validate=False, **_errors(400, 401, 404, 409, 413, 415, 422, 503)),
+    tags=["jobs"],
+)
+def upload_job():
+    """Submit a job with its inputs in a file (multipart form).
+
+    Fields: `model`, optional `parameters` (a JSON object of detection
+    options), and the file `inputs`: JSON lines (one JSON string, or an object
+    with `text` or `image`, per line) or a zip of images (its files in name
+    order; result `index` i is the i-th name). Answers as `POST /v1/jobs`.
+    """
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("send the form as multipart/form-data", details={"field": "inputs"})
+    form: JobUploadForm = request.context.body
+    upload = request.files.get("inputs")
+    if upload is None:
+        raise InvalidInput("multipart field 'inputs' (the file) is missing", details={"field": "inputs"})
+    settings = services().settings
+    kind, inputs = read_inputs(upload.read(), settings.job_max_inputs, settings.max_image_bytes)
+    adapter = services().registry.get(form.model)
+    if kind == "images" and adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
+        raise _invalid("inputs", f"a zip of images needs an image model; {form.model!r} does {adapter.task}")
+    return _submit(form.model, inputs, form.parameters)
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, details=[{"field": field, "message": message, "type": "value_error"}])
+
+
+def _submit(model: str, inputs: list[str], parameters: Feature):
+    settings = services().settings
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise _invalid(IDEMPOTENCY_HEADER, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    adapter = services().registry.get(model)
+    if len(inputs) > settings.job_max_inputs:
+        raise _invalid("inputs", f"at most {settings.job_max_inputs} inputs per job, got {len(inputs)}")
+    if adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
+        ops.check_texts(inputs, "inputs[{i}]")
+    outcome = job_service().submit(
+        model, inputs, parameters.model_dump(exclude_defaults=True), idempotency_key=key
+    )
+    response = jsonify(job_json(outcome.job))
+    response.status_code = 202 if outcome.created else 200
+    response.headers["Location"] = url_for("jobs.get_job", job_id=outcome.job.id)
+    if not outcome.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@jobs.get("/v1/jobs/<job_id>")
+@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 503)), tags=["jobs"])
+def get_job(job_id: str):
+    """A job's status, progress (inputs done / total), timestamps and error."""
+    return jsonify(job_json(job_service().get(_job_id(job_id))))
+
+
+@jobs.get("/v1/jobs/<job_id>/result")
+@spec.validate(resp=Response("HTTP_200", "HTTP_307", validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
+def job_result(job_id: str):
+    """A succeeded job's results, as JSON lines.
+
+    One line per input, in order: `{"index": i, "output": ...}` (the predict
+    route's output) or `{"index": i, "error": {code, message}}` for an
+    unreadable input.
+
+    When results live in object storage, a 307 redirect to a pre-signed URL.
+    409 until the job succeeded.
+    """
+    location = job_service().result(_job_id(job_id))
+    if location.url is not None:
+        return redirect(location.url, code=307)
+    assert location.path is not None
+    return send_file(location.path, mimetype="application/x-ndjson", download_name=f"{job_id}.jsonl", conditional=True)
+
+
+@jobs.delete("/v1/jobs/<job_id>")
+@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
+def cancel_job(job_id: str):
+    """Cancel a queued or running job.
+
+    A running job stops after its current batch; 409 if it already succeeded
+    or failed.
+    """
+    return jsonify(job_json(job_service().cancel(_job_id(job_id))))

@@ -1,0 +1,118 @@
+"""What a job is: its record, its states, and how the stores speak of them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence
+
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+ACTIVE = (QUEUED, RUNNING)
+FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass
+class Job:
+    """One job's record: what to run, where it stands, and what went wrong.
+
+    ``attempt`` counts the runs a worker started; a worker owns the job only
+    while the record still carries its attempt number, so a worker that was
+    presumed dead and is not cannot overwrite its successor's progress.
+    ``computed`` counts the inputs that went through the model over all
+    attempts: ``total`` when nothing was recomputed after a retry.
+    """
+
+    id: str
+    model: str
+    total: int
+    batch_size: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+    status: str = QUEUED
+    done: int = 0
+    computed: int = 0
+    attempt: int = 0
+    created_at: float = field(default_factory=now)
+    started_at: float | None = None
+    finished_at: float | None = None
+    heartbeat_at: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    idempotency_key: str | None = None
+    body_digest: str = ""
+
+    @property
+    def batches(self) -> int:
+        return -(-self.total // self.batch_size)
+
+    def batch_range(self, index: int) -> tuple[int, int]:
+        start = index * self.batch_size
+        return start, min(start + self.batch_size, self.total)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Created:
+    """The outcome of a submission: the job, and whether this call made it
+    (False: an earlier request with the same idempotency key did)."""
+
+    job: Job
+    created: bool
+
+
+class JobStore(Protocol):
+    """Where job records live: SQLite on one machine, Redis across machines.
+
+    Every state change is one atomic check-and-set on the store, so web
+    replicas, workers and the stale-job sweep may race freely.
+    """
+
+    def create(self, job: Job, inputs: Sequence[str]) -> Created:
+        """Record a queued job; with an idempotency key already used, return that job instead."""
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def inputs(self, job_id: str) -> list[str]: ...
+
+    def claim(self, job_id: str) -> int | None:
+        """queued -> running; the new attempt number, or None if the job is not queued."""
+
+    def progress(self, job_id: str, attempt: int, done: int, computed: int) -> bool:
+        """Save progress (and a heartbeat) while ``attempt`` still owns the running job."""
+
+    def heartbeat(self, job_id: str, attempt: int) -> bool: ...
+
+    def finish(self, job_id: str, attempt: int, status: str, error_code: str | None = None,
+               error_message: str | None = None) -> bool:
+        """running -> succeeded / failed, if ``attempt`` still owns it."""
+
+    def release(self, job_id: str, attempt: int) -> bool:
+        """running -> queued: the worker stops on purpose (shutdown) and gives the job back."""
+
+    def cancel(self, job_id: str) -> Job | None:
+        """queued / running -> cancelled; the record after the call (unchanged if finished)."""
+
+    def requeue_stale(self, cutoff: float, max_attempts: int) -> tuple[list[str], list[str]]:
+        """Running jobs whose heartbeat is older than ``cutoff``: back to queued, or failed
+        once they used ``max_attempts``. Returns (requeued ids, failed ids)."""
+
+    def discard(self, job_id: str) -> None:
+        """Forget a job at once (its enqueue failed: a retry must not find it)."""
+
+    def purge(self, finished_before: float) -> list[str]:
+        """Delete the records of jobs finished before the cutoff; their ids."""

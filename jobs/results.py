@@ -1,0 +1,177 @@
+"""Where a job's results go: per-batch parts while it runs, one JSON-lines file
+when it is done. Local disk by default, S3-compatible storage for scale-out.
+
+Parts make a retry cheap: a worker that takes over a job skips every batch
+whose part exists. Every write is atomic (a part or the result is either whole
+or absent), so a worker killed mid-write leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Protocol
+
+_PART = re.compile(r"(\d{8})\.jsonl$")
+
+
+def _part_name(index: int) -> str:
+    return f"{index:08d}.jsonl"
+
+
+class ResultStorage(Protocol):
+    def write_part(self, job_id: str, index: int, data: bytes) -> None: ...
+
+    def parts(self, job_id: str) -> set[int]: ...
+
+    def finalize(self, job_id: str, count: int) -> None:
+        """Join parts 0..count-1 into the result, then drop the parts."""
+
+    def has_result(self, job_id: str) -> bool:
+        """Whether the joined result exists (a retry after the join need not recompute)."""
+
+    def delete(self, job_id: str) -> None: ...
+
+
+class LocalResults:
+    """``<root>/<job id>/parts/NNNNNNNN.jsonl`` while running, ``<root>/<job id>/results.jsonl`` after."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def folder(self, job_id: str) -> Path:
+        return self.root / job_id
+
+    def path(self, job_id: str) -> Path:
+        return self.folder(job_id) / "results.jsonl"
+
+    def _atomic_write(self, target: Path, chunks: Iterable[bytes]) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+    def write_part(self, job_id: str, index: int, data: bytes) -> None:
+        self._atomic_write(self.folder(job_id) / "parts" / _part_name(index), [data])
+
+    def parts(self, job_id: str) -> set[int]:
+        folder = self.folder(job_id) / "parts"
+        if not folder.is_dir():
+            return set()
+        return {int(m.group(1)) for p in folder.iterdir() if (m := _PART.match(p.name))}
+
+    def finalize(self, job_id: str, count: int) -> None:
+        parts = self.folder(job_id) / "parts"
+        self._atomic_write(
+            self.path(job_id), ((parts / _part_name(i)).read_bytes() for i in range(count))
+        )
+        shutil.rmtree(parts, ignore_errors=True)
+
+    def has_result(self, job_id: str) -> bool:
+        return self.path(job_id).is_file()
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+
+class S3Results:
+    """The same layout under ``<prefix><job id>/`` in a bucket; downloads by pre-signed URL.
+
+    A PUT is atomic in S3: an object is either the whole upload or absent.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "jobs/", endpoint_url: str | None = None,
+                 region: str = "us-east-1", url_expiry_s: int = 3600) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url or None
+        self.region = region
+        self.url_expiry_s = url_expiry_s
+        self._client = None
+        self._pid = 0
+
+    @property
+    def client(self):
+        # Made per process: a boto3 client's connection pool must not cross a fork.
+        if self._client is None or self._pid != os.getpid():
+            import boto3  # only the scale-out path needs it
+            from botocore.config import Config
+
+            self._client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=self.region,
+                config=Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"),
+            )
+            self._pid = os.getpid()
+        return self._client
+
+    def _key(self, job_id: str, name: str) -> str:
+        return f"{self.prefix}{job_id}/{name}"
+
+    def write_part(self, job_id: str, index: int, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(job_id, "parts/" + _part_name(index)), Body=data)
+
+    def _part_keys(self, job_id: str) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(job_id, "parts/")):
+            keys += [item["Key"] for item in page.get("Contents", [])]
+        return keys
+
+    def parts(self, job_id: str) -> set[int]:
+        return {int(m.group(1)) for key in self._part_keys(job_id) if (m := _PART.search(key))}
+
+    def finalize(self, job_id: str, count: int) -> None:
+        # Spool the joined parts (to disk past 64 MiB) and upload once; boto3
+        # switches to a multipart upload for large results by itself.
+        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as joined:
+            for i in range(count):
+                body = self.client.get_object(Bucket=self.bucket, Key=self._key(job_id, "parts/" + _part_name(i)))["Body"]
+                shutil.copyfileobj(body, joined)
+            joined.seek(0)
+            self.client.upload_fileobj(
+                joined, self.bucket, self._key(job_id, "results.jsonl"),
+                ExtraArgs={"ContentType": "application/x-ndjson"},
+            )
+        self._delete_keys(self._part_keys(job_id))
+
+    def _delete_keys(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys[start : start + 1000]], "Quiet": True},
+            )
+
+    def has_result(self, job_id: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(job_id, "results.jsonl"))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def url(self, job_id: str) -> str:
+        """A pre-signed GET URL of the result, valid ``url_expiry_s`` seconds."""
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(job_id, "results.jsonl")},
+            ExpiresIn=self.url_expiry_s,
+        )
+
+    def delete(self, job_id: str) -> None:
+        self._delete_keys(self._part_keys(job_id) + [self._key(job_id, "results.jsonl")])

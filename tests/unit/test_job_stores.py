@@ -1,0 +1,195 @@
+"""The job stores' state machine, on SQLite and on a real redis-server; the
+result storages on local disk and on a real S3-compatible server (moto)."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, new_job_id, now
+from jobs.redis_store import RedisJobStore
+from jobs.results import LocalResults, S3Results
+from jobs.sqlite_store import SqliteJobStore
+from tests.e2e.server import RedisServer, S3Server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return SqliteJobStore(tmp_path / "jobs.db")
+    redis_server = request.getfixturevalue("redis_server")
+    return RedisJobStore(redis_server.url, namespace=f"test-{new_job_id()}")
+
+
+def job(total: int = 10, key: str | None = None, digest: str = "d1") -> Job:
+    return Job(id=new_job_id(), model="sentiment", total=total, batch_size=3,
+               parameters={"maxResults": 5}, idempotency_key=key, body_digest=digest)
+
+
+def test_create_get_and_inputs_round_trip(store):
+    made = store.create(job(key="k"), ["a", "b"])
+    assert made.created
+    got = store.get(made.job.id)
+    assert got == made.job
+    assert got.status == QUEUED and got.started_at is None and got.parameters == {"maxResults": 5}
+    assert store.inputs(made.job.id) == ["a", "b"]
+    assert store.get(new_job_id()) is None
+
+
+def test_an_idempotency_key_gives_back_the_first_job(store):
+    first = store.create(job(key="same", digest="one"), ["a"])
+    second = store.create(job(key="same", digest="two"), ["b"])
+    assert not second.created
+    assert second.job.id == first.job.id and second.job.body_digest == "one"
+    assert store.create(job(key=None), ["c"]).created and store.create(job(key=None), ["c"]).created
+
+
+def test_claim_progress_and_finish_belong_to_one_attempt(store):
+    job_id = store.create(job(), ["x"] * 10).job.id
+    assert store.claim(job_id) == 1
+    assert store.claim(job_id) is None  # a second message for the same job
+    assert store.progress(job_id, 1, 3, 3)
+    assert not store.progress(job_id, 2, 6, 3)  # not the owner
+    assert store.heartbeat(job_id, 1)
+    running = store.get(job_id)
+    assert (running.status, running.done, running.computed, running.attempt) == (RUNNING, 3, 3, 1)
+    assert running.started_at and running.heartbeat_at
+    assert store.inputs(job_id) == ["x"] * 10
+    assert store.finish(job_id, 1, SUCCEEDED)
+    assert store.inputs(job_id) == []  # never read again: not kept for the retention period
+    assert not store.finish(job_id, 1, FAILED, "x", "y")  # finished stays finished
+    done = store.get(job_id)
+    assert done.status == SUCCEEDED and done.finished_at >= done.started_at and done.error_code is None
+
+
+def test_cancel_stops_the_owner_and_leaves_finished_jobs_alone(store):
+    job_id = store.create(job(), ["x"]).job.id
+    store.claim(job_id)
+    assert store.cancel(job_id).status == CANCELLED
+    assert store.inputs(job_id) == []
+    assert not store.progress(job_id, 1, 1, 1)
+    assert not store.heartbeat(job_id, 1)
+    assert store.cancel(job_id).status == CANCELLED
+    other = store.create(job(), ["x"]).job.id
+    store.claim(other)
+    store.finish(other, 1, FAILED, "boom", "it broke")
+    assert store.cancel(other).status == FAILED
+    assert store.cancel(new_job_id()) is None
+    queued = store.create(job(), ["x"]).job.id
+    assert store.cancel(queued).status == CANCELLED
+    assert store.claim(queued) is None
+
+
+def test_stale_jobs_are_requeued_then_failed_after_the_last_attempt(store):
+    job_id = store.create(job(), ["x"]).job.id
+    assert store.claim(job_id) == 1
+    assert store.requeue_stale(now() - 60, max_attempts=2) == ([], [])  # fresh heartbeat
+    assert store.requeue_stale(now() + 1, max_attempts=2) == ([job_id], [])
+    assert store.get(job_id).status == QUEUED
+    assert not store.progress(job_id, 1, 1, 1)  # the lost worker, back from the dead
+    assert store.claim(job_id) == 2
+    assert store.requeue_stale(now() + 1, max_attempts=2) == ([], [job_id])
+    lost = store.get(job_id)
+    assert lost.status == FAILED and lost.error_code == "worker_lost" and "2 time(s)" in lost.error_message
+
+
+def test_discard_forgets_a_job_and_its_key(store):
+    job_id = store.create(job(key="gone"), ["x"]).job.id
+    store.discard(job_id)
+    assert store.get(job_id) is None and store.inputs(job_id) == []
+    assert store.create(job(key="gone"), ["y"]).created
+
+
+def test_release_hands_a_job_back(store):
+    job_id = store.create(job(), ["x"]).job.id
+    store.claim(job_id)
+    assert store.release(job_id, 1)
+    assert store.get(job_id).status == QUEUED
+    assert store.claim(job_id) == 2
+
+
+def test_purge_drops_finished_jobs_past_retention_and_frees_their_key(store):
+    old = store.create(job(key="old"), ["x"]).job.id
+    store.claim(old)
+    store.finish(old, 1, SUCCEEDED)
+    running = store.create(job(), ["x"]).job.id
+    store.claim(running)
+    assert store.purge(now() - 3600) == []
+    assert store.purge(now() + 1) == [old]
+    assert store.get(old) is None and store.inputs(old) == []
+    assert store.get(running).status == RUNNING
+    assert store.create(job(key="old"), ["y"]).created
+
+
+@pytest.fixture(params=["disk", "s3"])
+def results(request, tmp_path):
+    if request.param == "disk":
+        return LocalResults(tmp_path / "results")
+    server = request.getfixturevalue("s3_server")
+    for name, value in S3Server.ENV.items():
+        request.getfixturevalue("monkeypatch").setenv(name, value)
+    return S3Results(server.bucket, prefix=f"t-{new_job_id()}/", endpoint_url=server.url)
+
+
+def test_parts_join_in_order_into_one_result(results):
+    job_id = new_job_id()
+    assert results.parts(job_id) == set() and not results.has_result(job_id)
+    results.write_part(job_id, 2, b'{"index":4}\n')
+    results.write_part(job_id, 0, b'{"index":0}\n{"index":1}\n')
+    results.write_part(job_id, 1, b'{"index":2}\n{"index":3}\n')
+    results.write_part(job_id, 1, b'{"index":2}\n{"index":3}\n')  # a retried batch overwrites
+    assert results.parts(job_id) == {0, 1, 2}
+    results.finalize(job_id, 3)
+    assert results.parts(job_id) == set() and results.has_result(job_id)
+    if isinstance(results, LocalResults):
+        body = results.path(job_id).read_bytes()
+        assert not [p for p in results.folder(job_id).iterdir() if p.name.startswith(".tmp-")]
+    else:
+        import requests
+
+        body = requests.get(results.url(job_id), timeout=30).content
+    assert body == b"".join(b'{"index":%d}\n' % i for i in range(5))
+    results.delete(job_id)
+    assert not results.has_result(job_id)
+
+
+def test_the_sweep_requeues_lost_jobs_and_purges_expired_ones(tmp_path):
+    from jobs.backends import build_backends
+    from jobs.maintenance import Maintenance
+    from serving.settings import Settings
+
+    settings = Settings(_env_file=None, jobs_dir=tmp_path / "jobs", job_visibility_timeout_s=1,
+                        job_retention_s=1, job_max_attempts=2)
+    backends = build_backends(settings)
+    store, results = backends.store, backends.results
+    lost = store.create(job(), ["x"]).job.id
+    store.claim(lost)
+    expired = store.create(job(), ["x"]).job.id
+    store.claim(expired)
+    results.write_part(expired, 0, b'{"index":0}\n')
+    results.finalize(expired, 1)
+    store.finish(expired, 1, SUCCEEDED)
+    kept = store.create(job(), ["x"]).job.id
+    store.claim(kept)
+    # Backdate: the lost job's heartbeat and the expired job's finish are 5 s old.
+    store._conn.execute("update jobs set heartbeat_at = heartbeat_at - 5 where id = ?", (lost,))
+    store._conn.execute("update jobs set finished_at = finished_at - 5 where id = ?", (expired,))
+
+    requeued, failed, purged = Maintenance(settings, backends).sweep()
+    assert (requeued, failed, purged) == ([lost], [], [expired])
+    assert store.get(lost).status == QUEUED and store.get(kept).status == RUNNING
+    assert store.get(expired) is None and not results.has_result(expired)
+    # The lost job is back on huey's SQLite queue, for any worker to take.
+    assert backends.queue.huey.pending_count() == 1
+    assert backends.queue.huey.pending()[0].args == (lost,)
