@@ -18,9 +18,9 @@ from __future__ import annotations
 import gc
 import sys
 
-from serving.settings import Settings
+from serving.settings import load_settings
 
-_settings = Settings()
+_settings = load_settings()
 
 wsgi_app = "serve_http:app"
 bind = f"{_settings.host}:{_settings.port}"

@@ -11,7 +11,6 @@ nothing.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import uuid
@@ -23,6 +22,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask.wrappers import Request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api.access import install_auth, install_cors
 from api.compat import compat
 from api.context import EXTENSION, Services
 from api.docs import docs
@@ -33,6 +33,7 @@ from serving.cache import build_cache
 from serving.errors import (
     DeadlineExceeded,
     InvalidInput,
+    ModelLoadError,
     ModelNotFound,
     NotFound,
     NotReady,
@@ -44,7 +45,7 @@ from serving.errors import (
     ValidationFailed,
     WrongTask,
 )
-from serving.settings import Settings
+from serving.settings import Settings, load_settings
 from utils_serve import ImageLimits
 
 log = logging.getLogger("serve_http")
@@ -62,18 +63,6 @@ STATUS: dict[type[ServeError], int] = {
     NotReady: 503,
     Overloaded: 503,
     DeadlineExceeded: 504,
-}
-
-# Routes anyone may call when API keys are set.
-PUBLIC_ENDPOINTS = {
-    "v1.healthz",
-    "v1.readyz",
-    "compat.health_check",
-    "docs.swagger",
-    "docs.redoc",
-    "docs.openapi_json",
-    "docs.asset",
-    "docs.index",
 }
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -127,7 +116,7 @@ def error_response(status: int, code: str, message: str, details: Any = None):
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> Flask:
     """Build the app; loads every model of the repository unless a registry is given."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     if registry is None:
         registry = ModelRegistry(settings.model_repository, settings.models)
         registry.load_all()
@@ -166,32 +155,20 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
 
 def _install_hooks(app: Flask, settings: Settings) -> None:
-    keys = [key.encode() for key in settings.api_keys]
-
+    # before_request hooks run in this order: request id, key, body.
     @app.before_request
     def assign_request_id() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
-    @app.before_request
-    def authenticate() -> None:
-        if not keys or request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
-            return
-        offered = request.headers.get("X-Api-Token", "")
-        if not offered:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            offered = token.strip() if scheme.lower() == "bearer" else ""
-        # Compare against every key, always, so timing tells nothing.
-        matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(offered.encode(), key)
-        if not matched:
-            raise Unauthorized("missing or invalid API key")
+    install_auth(app, settings)
+    install_cors(app, settings)
 
     @app.before_request
     def parse_json_body() -> None:
         view = app.view_functions.get(request.endpoint or "")
-        if not _takes_json(view):
+        # A CORS preflight has no body; Flask answers it without the view.
+        if request.method == "OPTIONS" or not _takes_json(view):
             return
         if request.mimetype != "application/json":
             raise UnsupportedMediaType(
@@ -242,7 +219,11 @@ def __getattr__(name: str) -> Any:
     # PEP 562: `serve_http:app` is built on first access, so tests and tools can
     # import this module without loading any model.
     if name == "app":
-        application = create_app()
+        try:
+            application = create_app()
+        except ModelLoadError as exc:
+            # One line naming the model, not a traceback, in the master's log.
+            raise SystemExit(f"serve-http: cannot start: {exc}") from None
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -164,9 +164,15 @@ class Health(BaseModel):
     status: str
 
 
+class ModelReadiness(BaseModel):
+    ready: bool
+    optional: bool = Field(description="An optional model may fail to load without making the service unready.")
+    reason: Optional[str] = Field(None, description="Why it failed to load, in one line.")
+
+
 class Readiness(BaseModel):
-    status: str
-    models: dict[str, bool]
+    status: str = Field(description="ready or not_ready")
+    models: dict[str, ModelReadiness]
 
 
 class CacheCleared(BaseModel):

@@ -1,0 +1,93 @@
+"""Who may call: API keys and CORS, installed on the app by ``serve_http``.
+
+- API keys come from settings (``SERVE_API_KEYS``, ``SERVE_API_KEYS_FILE``),
+  each with a name. A request offers one as ``X-Api-Token`` (the seed client's
+  header) or ``Authorization: Bearer``. The offered key is compared with every
+  accepted key, always, in constant time, so neither the answer nor its timing
+  says which key (or which part of it) was wrong. The matched key's *name* is
+  kept on ``flask.g.api_key_name`` for logs; the key itself is never logged.
+- Route groups listed in ``SERVE_PUBLIC_ROUTES`` need no key.
+- CORS (flask-cors) only when ``SERVE_CORS_ORIGINS`` is set; preflights need no
+  key, and error responses carry the headers too so browsers can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, g, request
+from flask_cors import CORS
+
+from serving.errors import Unauthorized
+from serving.settings import Settings
+
+# The one table of public route groups: Flask endpoint names per group. Names
+# of routes other branches add (v2 health, metrics) are listed ahead of them;
+# a name no route has is harmless.
+PUBLIC_ROUTES: dict[str, frozenset[str]] = {
+    "health": frozenset(
+        {"v1.healthz", "v1.readyz", "compat.health_check", "v2.live", "v2.ready", "v2.model_ready"}
+    ),
+    "docs": frozenset({"docs.swagger", "docs.redoc", "docs.openapi_json", "docs.asset", "docs.index"}),
+    "metrics": frozenset({"metrics.metrics"}),
+}
+
+# Headers a browser script may read from a cross-origin answer.
+EXPOSED_HEADERS = ["X-Request-ID", "X-Cache", "Retry-After", "WWW-Authenticate"]
+
+
+def public_endpoints(groups: list[str]) -> frozenset[str]:
+    """The endpoint names open to anyone for these groups."""
+    return frozenset().union(*(PUBLIC_ROUTES[group] for group in groups))
+
+
+def offered_key() -> str:
+    """The key the request offers: ``X-Api-Token``, else ``Authorization: Bearer``."""
+    token = request.headers.get("X-Api-Token", "")
+    if token:
+        return token
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def _fingerprint(key: str) -> bytes:
+    # Equal-length digests: compare_digest then takes the same time whatever
+    # the offered key's length.
+    return hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).digest()
+
+
+def install_auth(app: Flask, settings: Settings) -> None:
+    """Require an API key on every non-public route when keys are configured."""
+    keys = [(name, _fingerprint(key)) for name, key in settings.named_api_keys().items()]
+    public = public_endpoints(settings.public_routes)
+
+    @app.before_request
+    def authenticate() -> None:
+        g.api_key_name = None
+        if not keys or request.method == "OPTIONS" or request.endpoint in public:
+            return
+        offered = _fingerprint(offered_key())
+        matched = None
+        # Every key is compared, whatever matched before.
+        for name, fingerprint in keys:
+            if hmac.compare_digest(offered, fingerprint):
+                matched = name
+        if matched is None:
+            raise Unauthorized("missing or invalid API key")
+        g.api_key_name = matched
+
+
+def install_cors(app: Flask, settings: Settings) -> None:
+    """Cross-origin headers for the allowed origins; nothing when none is set."""
+    if not settings.cors_origins:
+        return
+    CORS(
+        app,
+        origins=settings.cors_origins,
+        supports_credentials=settings.cors_allow_credentials,
+        # "*" answers "*", not the caller's origin echoed back.
+        send_wildcard=settings.cors_origins == ["*"],
+        expose_headers=EXPOSED_HEADERS,
+        max_age=600,
+    )
