@@ -68,19 +68,44 @@ STATUS: dict[type[ServeError], int] = {
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+# Request bodies of this API nest five levels at most; orjson's own bound is
+# 1024, deeper than orjson (254) or the validator can serialise back (a 500).
+MAX_JSON_DEPTH = 32
+
+
+class JsonTooDeep(ValueError):
+    pass
+
+
+def _check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit``; iterative, so depth cannot hurt it."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                raise JsonTooDeep(f"request body nests deeper than {limit} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
 class OrjsonProvider(DefaultJSONProvider):
     """orjson for speed and strictness: NaN/Infinity, invalid UTF-8 and nesting
-    deeper than 1024 levels are parse errors (400), never a crash."""
+    deeper than ``MAX_JSON_DEPTH`` levels are parse errors (400), never a crash."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return orjson.loads(s)
+        value = orjson.loads(s)
+        _check_depth(value)
+        return value
 
 
 class ApiRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if isinstance(e, JsonTooDeep):
+            raise InvalidInput(str(e), details={"limit": MAX_JSON_DEPTH})
         raise InvalidInput("request body is not valid JSON")
 
 
