@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
 from flask import Flask, g, request
 from flask_cors import CORS
 
 from serving.errors import Unauthorized
 from serving.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # The one table of public route groups: Flask endpoint names per group. Names
 # of routes other branches add (v2 health, metrics) are listed ahead of them;
@@ -32,6 +35,9 @@ PUBLIC_ROUTES: dict[str, frozenset[str]] = {
     "docs": frozenset({"docs.swagger", "docs.redoc", "docs.openapi_json", "docs.asset", "docs.index"}),
     "metrics": frozenset({"metrics.metrics"}),
 }
+
+# Where the app keeps its KeyRing (gunicorn.conf.py reloads it on SIGHUP).
+KEY_RING = "serve_http.api_keys"
 
 # Headers a browser script may read from a cross-origin answer.
 EXPOSED_HEADERS = ["X-Request-ID", "X-Cache", "Retry-After", "WWW-Authenticate"]
@@ -57,14 +63,44 @@ def _fingerprint(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).digest()
 
 
+class KeyRing:
+    """The accepted keys as (name, fingerprint) pairs.
+
+    Read when the app is built: in the Gunicorn master, before the workers
+    fork, so a bad list stops start-up. ``reload()`` re-reads them; Gunicorn's
+    ``on_reload`` hook calls it in the master on SIGHUP, before the new workers
+    fork, so rotation is: add the new key, HUP, move clients over, remove the
+    old key, HUP. A reload that finds an unreadable or invalid list keeps the
+    last good keys and logs why.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = self._read()
+
+    def _read(self) -> list[tuple[str, bytes]]:
+        return [(name, _fingerprint(key)) for name, key in self.settings.named_api_keys().items()]
+
+    def reload(self) -> bool:
+        """Re-read the keys; False (and the old keys kept) if the list is bad."""
+        try:
+            self.keys = self._read()
+        except ValueError as exc:  # the message names the file and line, never a key
+            log.error("API keys not reloaded, keeping the previous ones: %s", exc)
+            return False
+        log.info("API keys reloaded: %s", ", ".join(name for name, _ in self.keys) or "none")
+        return True
+
+
 def install_auth(app: Flask, settings: Settings) -> None:
     """Require an API key on every non-public route when keys are configured."""
-    keys = [(name, _fingerprint(key)) for name, key in settings.named_api_keys().items()]
+    ring = app.extensions[KEY_RING] = KeyRing(settings)
     public = public_endpoints(settings.public_routes)
 
     @app.before_request
     def authenticate() -> None:
         g.api_key_name = None
+        keys = ring.keys
         if not keys or request.method == "OPTIONS" or request.endpoint in public:
             return
         offered = _fingerprint(offered_key())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -220,10 +221,13 @@ class Settings(BaseSettings):
                 lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValueError(f"cannot read SERVE_API_KEYS_FILE {self.api_keys_file}: {type(exc).__name__}") from None
+            before = len(entries)
             for number, line in enumerate(lines, 1):
                 line = line.strip()
                 if line and not line.startswith("#"):
                     entries.append((f"{self.api_keys_file.name} line {number}", line))
+            if len(entries) == before:  # an emptied file must not switch authentication off
+                raise ValueError(f"SERVE_API_KEYS_FILE {self.api_keys_file} lists no key")
         keys: dict[str, str] = {}
         bare = 0
         for where, entry in entries:
@@ -256,6 +260,26 @@ def load_settings(**overrides) -> Settings:
             f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         raise SystemExit(f"serve-http: invalid settings: {problems}") from None
+
+
+_last_loaded: Settings | None = None
+
+
+def load_settings_on_reload() -> Settings:
+    """``load_settings`` for gunicorn.conf.py, which Gunicorn re-reads on SIGHUP.
+
+    At the first start a bad setting exits; on a reload it is reported and the
+    settings of the last good load are kept, so a typo in a keys file cannot
+    take a running master and its workers down.
+    """
+    global _last_loaded
+    try:
+        _last_loaded = load_settings()
+    except SystemExit as exc:
+        if _last_loaded is None:
+            raise
+        print(f"{exc}; the reload keeps the previous settings", file=sys.stderr, flush=True)
+    return _last_loaded
 
 
 def env_names(name: str) -> list[str]:

@@ -33,6 +33,7 @@ def test_named_keys_from_env_and_file(tmp_path):
         ({"SERVE_API_KEYS": "ci:abc,ci:def"}, "duplicate key name 'ci'"),
         ({"SERVE_API_KEYS": "ci:"}, "key 'ci' is empty"),
         ({"SERVE_API_KEYS_FILE": "/nonexistent/keys"}, "cannot read SERVE_API_KEYS_FILE"),
+        ({"SERVE_API_KEYS_FILE": "/dev/null"}, "lists no key"),
         ({"SERVE_CORS_ORIGINS": "*", "SERVE_CORS_ALLOW_CREDENTIALS": "true"}, "cannot be combined"),
         ({"SERVE_PUBLIC_ROUTES": "health,admin"}, "unknown route group"),
     ],
