@@ -53,7 +53,9 @@ def responses(ok, *errors: int) -> Response:
     """A route's documented responses: its 200 model and the error codes it can answer."""
     from api.schemas import ErrorResponse
 
-    codes = {f"HTTP_{code}": ErrorResponse for code in errors}
+    # Any route may answer 401 once API keys are set: which routes stay public
+    # is a setting (SERVE_PUBLIC_ROUTES), not part of the route.
+    codes = {f"HTTP_{code}": ErrorResponse for code in sorted({401, *errors})}
     # Responses are built by our own code from our own models; validating them
     # again on every request costs time and proves nothing new.
     return Response(HTTP_200=ok, validate=False, **codes)

@@ -7,6 +7,9 @@ import signal
 
 import pytest
 import requests
+import yaml
+
+from serving.settings import REPO_ROOT
 
 from tests.e2e.server import GunicornServer
 
@@ -52,7 +55,26 @@ def test_keys_rotate_with_sighup_and_never_reach_the_logs(model_repo, tmp_path):
 
         r = requests.post(server.url + "/prediction", json=BODY, headers={"Authorization": f"Bearer {WRONG}"}, timeout=10)
         assert r.status_code == 401 and r.json()["error"]["message"] == "missing or invalid API key"
+        assert_every_route_refuses_without_a_key(server)
     logs = server.log() + server.access_log.read_text()
     assert "lists no key" in logs  # the worker said why it kept the old keys
     for key in (OLD, NEW, WRONG):
         assert key not in logs
+
+
+PUBLIC = {"/healthz", "/readyz", "/healthCheck"}
+
+
+def assert_every_route_refuses_without_a_key(server) -> None:
+    """Every operation of openapi.yml but the public ones is 401 without a key,
+    and documents that 401."""
+    paths = yaml.safe_load((REPO_ROOT / "openapi.yml").read_text())["paths"]
+    checked = 0
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            assert "401" in operation["responses"], f"{method.upper()} {path} does not document 401"
+            r = requests.request(method, server.url + path.replace("{name}", "faces"), json={}, timeout=10)
+            expected = 200 if path in PUBLIC else 401
+            assert r.status_code == expected, (method, path, r.status_code)
+            checked += 1
+    assert checked >= 15
