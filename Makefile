@@ -65,4 +65,4 @@ settings-table: $(STAMP)
 	$(BIN)/python scripts/sync_readme_settings.py
 
 clean:
-	rm -rf $(VENV) var models/*/model.joblib models/*/head.joblib models/*/labels.json models/*/metrics.json
+	rm -rf $(VENV) var models/*/model.joblib models/*/head.joblib models/*/labels.json models/*/metrics.json models/*/SHA256SUMS

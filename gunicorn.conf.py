@@ -23,9 +23,9 @@ import gc
 import sys
 
 from serving import multiprocess
-from serving.settings import Settings
+from serving.settings import load_settings_on_reload
 
-_settings = Settings()
+_settings = load_settings_on_reload()
 # Before anything imports prometheus_client (the app does, when preloaded).
 multiprocess.prepare(_settings.metrics_path())
 
@@ -71,6 +71,16 @@ def when_ready(server) -> None:
 def pre_fork(server, worker) -> None:
     # Replacement workers are forked later: freeze what the master made since.
     gc.freeze()
+
+
+def on_reload(server) -> None:
+    # SIGHUP: re-read the API keys in the master, before the new workers fork
+    # from it (preload_app: the app itself is not rebuilt).
+    from api.access import KEY_RING
+
+    ring = server.app.wsgi().extensions.get(KEY_RING)
+    if ring is not None:
+        ring.reload()
 
 
 def post_fork(server, worker) -> None:

@@ -27,9 +27,10 @@ from adapters.base import (
     Classification,
     Detection,
     ModelAdapter,
+    ModelInfo,
 )
 from adapters.detection import DetectionOptions, postprocess
-from adapters.manifest import ADAPTERS, MANIFEST_NAME, Manifest, load_manifest
+from adapters.manifest import ADAPTERS, MANIFEST_NAME, Manifest, load_manifest, verify_checksums
 from serving.batching import BatchConfig, MicroBatcher, run_unbatched
 from serving.cache import NullCache, PredictionCache
 from serving.errors import ModelLoadError, ModelNotFound, NotReady, WrongTask
@@ -66,13 +67,40 @@ def build_adapter(manifest: Manifest, folder: Path | None = None) -> ModelAdapte
     return cls(manifest, folder or Path("."))
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """An optional model that did not load: what it is and why, in one line."""
+
+    info: ModelInfo
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model's readiness as ``/readyz`` reports it."""
+
+    ready: bool
+    optional: bool
+    reason: str | None = None
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 class ModelRegistry:
-    """The models of one repository folder, by name."""
+    """The models of one repository folder, by name.
+
+    A model that fails to load stops start-up with a one-line reason, unless
+    its manifest says ``optional: true``: then it is recorded in ``failures``,
+    listed as not ready, and every request for it is 503.
+    """
 
     def __init__(self, repository: str | Path, names: Sequence[str] = ()) -> None:
         self.repository = Path(repository)
         self.names = list(names)
         self._models: dict[str, ModelAdapter] = {}
+        self.failures: dict[str, LoadFailure] = {}
         self.load_seconds: dict[str, float] = {}
 
     def discover(self) -> list[Path]:
@@ -98,19 +126,33 @@ class ModelRegistry:
             manifests[manifest.name] = (manifest, folder)
         for name in _dependency_order(manifests):
             manifest, folder = manifests[name]
-            adapter = build_adapter(manifest, folder)
-            adapter.dependencies = {dep: self._models[dep] for dep in manifest.depends_on}
-            started = time.perf_counter()
             try:
-                adapter.load()
-            except ModelLoadError:
-                raise
-            except Exception as exc:  # a broken artifact must name its model
-                raise ModelLoadError(name, f"{type(exc).__name__}: {exc}") from exc
-            adapter.ready = True
-            self.load_seconds[name] = time.perf_counter() - started
-            self._models[name] = adapter
-            log.info("loaded model %s (%s) in %.2fs", name, manifest.adapter, self.load_seconds[name])
+                self._load(manifest, folder)
+            except ModelLoadError as exc:
+                if not manifest.optional:
+                    raise
+                self.failures[name] = LoadFailure(_manifest_info(manifest), one_line(exc.reason))
+                log.warning("optional model %s not loaded: %s", name, self.failures[name].reason)
+
+    def _load(self, manifest: Manifest, folder: Path) -> None:
+        name = manifest.name
+        missing = [dep for dep in manifest.depends_on if dep not in self._models]
+        if missing:
+            raise ModelLoadError(name, f"depends on {', '.join(missing)}, which did not load")
+        verify_checksums(manifest, folder)
+        adapter = build_adapter(manifest, folder)
+        adapter.dependencies = {dep: self._models[dep] for dep in manifest.depends_on}
+        started = time.perf_counter()
+        try:
+            adapter.load()
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # a broken artifact must name its model
+            raise ModelLoadError(name, one_line(f"{type(exc).__name__}: {exc}")) from exc
+        adapter.ready = True
+        self.load_seconds[name] = time.perf_counter() - started
+        self._models[name] = adapter
+        log.info("loaded model %s (%s) in %.2fs", name, manifest.adapter, self.load_seconds[name])
 
     def add(self, adapter: ModelAdapter) -> None:
         """Register an adapter that is already loaded (tests, notebooks)."""
@@ -120,6 +162,8 @@ class ModelRegistry:
     def get(self, name: str) -> ModelAdapter:
         adapter = self._models.get(name)
         if adapter is None:
+            if name in self.failures:
+                raise NotReady(f"model {name!r} failed to load", details={"reason": self.failures[name].reason})
             raise ModelNotFound(f"no model named {name!r}", details={"available": sorted(self._models)})
         if not adapter.ready:
             raise NotReady(f"model {name!r} is not loaded")
@@ -131,9 +175,45 @@ class ModelRegistry:
     def __len__(self) -> int:
         return len(self._models)
 
+    def infos(self) -> list[ModelInfo]:
+        """Every model's card, the failed optional ones included (``ready: false``), by name."""
+        cards = [m.info() for m in self._models.values()] + [f.info for f in self.failures.values()]
+        return sorted(cards, key=lambda card: card.name)
+
+    def info(self, name: str) -> ModelInfo:
+        """One model's card, a failed optional one included."""
+        if name in self.failures:
+            return self.failures[name].info
+        adapter = self._models.get(name)
+        if adapter is None:
+            raise ModelNotFound(f"no model named {name!r}", details={"available": sorted(self._models)})
+        return adapter.info()
+
+    def states(self) -> dict[str, ModelState]:
+        """Readiness of every model, loaded or failed, by name."""
+        states = {
+            name: ModelState(ready=m.ready, optional=m.manifest.optional) for name, m in self._models.items()
+        }
+        for name, failure in self.failures.items():
+            states[name] = ModelState(ready=False, optional=True, reason=failure.reason)
+        return dict(sorted(states.items()))
+
     @property
     def ready(self) -> bool:
-        return bool(self._models) and all(m.ready for m in self._models.values())
+        """Every required model is loaded (and at least one model can answer)."""
+        return bool(self._models) and all(m.ready for m in self._models.values() if not m.manifest.optional)
+
+
+def _manifest_info(manifest: Manifest) -> ModelInfo:
+    return ModelInfo(
+        name=manifest.name,
+        task=manifest.task,
+        adapter=manifest.adapter,
+        version=manifest.version,
+        labels=list(manifest.labels),
+        description=manifest.description,
+        ready=False,
+    )
 
 
 def _dependency_order(manifests: dict[str, tuple[Manifest, Path]]) -> list[str]:

@@ -11,7 +11,6 @@ nothing.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import time
@@ -24,6 +23,7 @@ from flask.json.provider import DefaultJSONProvider
 from flask.wrappers import Request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from api.access import install_auth, install_cors
 from api.compat import compat
 from api.context import EXTENSION, Services
 from api.demo import demo
@@ -32,7 +32,7 @@ from api.kserve import v2
 from api.metrics import metrics_blueprint
 from api.jobs import init_jobs
 from api.routes import v1
-from api.stream import is_websocket_handshake, stream, subprotocol_token
+from api.stream import stream
 from api.spec import spec
 from predict import ModelRegistry, Predictor
 from serving.cache import build_cache
@@ -40,6 +40,7 @@ from serving.errors import (
     Conflict,
     DeadlineExceeded,
     InvalidInput,
+    ModelLoadError,
     ModelNotFound,
     NotFound,
     NotReady,
@@ -53,7 +54,7 @@ from serving.errors import (
 )
 from serving import metrics
 from serving.logs import ENV_ROUTE, REQUEST_ID
-from serving.settings import Settings
+from serving.settings import Settings, load_settings
 from utils_serve import ImageLimits
 
 log = logging.getLogger("serve_http")
@@ -74,50 +75,57 @@ STATUS: dict[type[ServeError], int] = {
     DeadlineExceeded: 504,
 }
 
-# Routes anyone may call when API keys are set.
-PUBLIC_ENDPOINTS = {
-    "v1.healthz",
-    "v1.readyz",
-    "compat.health_check",
-    "docs.swagger",
-    "docs.redoc",
-    "docs.openapi_json",
-    "docs.asset",
-    "docs.index",
-    "v2.live",
-    "v2.ready",
-    "v2.model_ready",
-    "metrics.metrics",
-    "demo.page",
-    "demo.asset",
-}
-
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+# Request bodies of this API nest five levels at most; orjson's own bound is
+# 1024, deeper than orjson (254) or the validator can serialise back (a 500).
+MAX_JSON_DEPTH = 32
+
+
+class JsonTooDeep(ValueError):
+    pass
+
+
+def _check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON nested deeper than ``limit``; iterative, so depth cannot hurt it."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                raise JsonTooDeep(f"request body nests deeper than {limit} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 class OrjsonProvider(DefaultJSONProvider):
     """orjson for speed and strictness: NaN/Infinity, invalid UTF-8 and nesting
-    deeper than 1024 levels are parse errors (400), never a crash."""
+    deeper than ``MAX_JSON_DEPTH`` levels are parse errors (400), never a crash."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return orjson.loads(s)
+        value = orjson.loads(s)
+        _check_depth(value)
+        return value
 
 
 class ApiRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if isinstance(e, JsonTooDeep):
+            raise InvalidInput(str(e), details={"limit": MAX_JSON_DEPTH})
         raise InvalidInput("request body is not valid JSON")
 
 
-def _takes_json(view: Any) -> bool:
-    """Whether a route validates a JSON body (flask-pydantic-spec stores the
-    model class itself, or a Request wrapper with its content type)."""
+def _body_type(view: Any) -> str | None:
+    """The media type of the body a route validates, or None (flask-pydantic-spec
+    stores the model class itself, or a Request wrapper with its content type)."""
     body = getattr(view, "body", None)
     if body is None:
-        return False
-    return getattr(body, "content_type", "application/json") == "application/json"
+        return None
+    return getattr(body, "content_type", "application/json")
 
 
 def status_of(error: ServeError) -> int:
@@ -143,7 +151,7 @@ def error_response(status: int, code: str, message: str, details: Any = None):
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> Flask:
     """Build the app; loads every model of the repository unless a registry is given."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     if registry is None:
         registry = ModelRegistry(settings.model_repository, settings.models)
         registry.load_all()
@@ -188,10 +196,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
 
 def _install_hooks(app: Flask, settings: Settings) -> None:
-    keys = [key.encode() for key in settings.api_keys]
-
     # First hook: every request is counted and carries an id, even one that a
-    # later hook refuses (401, 415).
+    # later hook refuses (401, 415). Then: key, CORS, body.
     @app.before_request
     def start_request() -> None:
         g.started = time.perf_counter()
@@ -204,36 +210,25 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         request.environ[ENV_ROUTE] = g.route
         metrics.IN_PROGRESS.labels(g.route).inc()
 
-    @app.before_request
-    def authenticate() -> None:
-        if not keys or request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
-            return
-        offered = request.headers.get("X-Api-Token", "")
-        if not offered:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            offered = token.strip() if scheme.lower() == "bearer" else ""
-        if not offered and is_websocket_handshake():
-            # Browsers cannot set headers on a WebSocket (see api/stream.py).
-            offered = subprotocol_token(request.headers.get("Sec-WebSocket-Protocol", ""))
-        # Compare against every key, always, so timing tells nothing.
-        matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(offered.encode(), key)
-        if not matched:
-            raise Unauthorized("missing or invalid API key")
+    install_auth(app, settings)
+    install_cors(app, settings)
 
     @app.before_request
     def parse_json_body() -> None:
         view = app.view_functions.get(request.endpoint or "")
-        if not _takes_json(view):
+        expected = _body_type(view)
+        # A CORS preflight has no body; Flask answers it without the view.
+        if request.method == "OPTIONS" or expected is None:
             return
-        if request.mimetype != "application/json":
+        # Before the validator sees the body: it cannot report on bytes of
+        # another type (it would fail serialising them into its error).
+        if request.mimetype != expected:
             raise UnsupportedMediaType(
-                "send the body as application/json",
-                details={"content_type": request.mimetype or None},
+                f"send the body as {expected}", details={"content_type": request.mimetype or None}
             )
-        # Parse now, strictly; the validator then reads the cached result.
-        request.get_json()
+        if expected == "application/json":
+            # Parse now, strictly; the validator then reads the cached result.
+            request.get_json()
 
     @app.after_request
     def finish_request(response):
@@ -293,7 +288,11 @@ def __getattr__(name: str) -> Any:
     # PEP 562: `serve_http:app` is built on first access, so tests and tools can
     # import this module without loading any model.
     if name == "app":
-        application = create_app()
+        try:
+            application = create_app()
+        except ModelLoadError as exc:
+            # One line naming the model, not a traceback, in the master's log.
+            raise SystemExit(f"serve-http: cannot start: {exc}") from None
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -7,15 +7,19 @@ with a manifest; nothing in the server changes.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from typing_extensions import Annotated
 
 from serving.errors import ModelLoadError
 
 MANIFEST_NAME = "model.yaml"
+SHA256 = r"^[0-9a-fA-F]{64}$"
 
 # Built-in adapters by short name; a manifest may also name "package.module:Class".
 ADAPTERS = {
@@ -59,6 +63,14 @@ class Manifest(BaseModel):
     depends_on: list[str] = Field(
         default_factory=list, description="Models this one uses (loaded first, shared, not copied)."
     )
+    optional: bool = Field(
+        False, description="If it fails to load, serve the others and report it in /readyz instead of refusing to start."
+    )
+    checksums: dict[str, Annotated[str, StringConstraints(pattern=SHA256)]] | str | None = Field(
+        None,
+        description="sha256 of artifact files, {file: hex}, or the name of a sha256sum-format file "
+        "in the folder that lists them; verified before anything is unpickled.",
+    )
 
 
 def load_manifest(folder: str | Path) -> Manifest:
@@ -80,3 +92,50 @@ def load_manifest(folder: str | Path) -> Manifest:
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
         )
         raise ModelLoadError(raw["name"], f"invalid {MANIFEST_NAME}: {problems}") from exc
+
+
+def pinned_checksums(manifest: Manifest, folder: Path) -> dict[str, str]:
+    """The manifest's pins, {file: lowercase sha256}, read from the named list file if it names one."""
+    if manifest.checksums is None:
+        return {}
+    if isinstance(manifest.checksums, dict):
+        return {name: digest.lower() for name, digest in manifest.checksums.items()}
+    path = folder / manifest.checksums
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(manifest.name, f"cannot read checksum list {manifest.checksums}: {type(exc).__name__}") from None
+    pins: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        # sha256sum's format: "<hex>  <file>" (a '*' marks binary mode).
+        match = re.match(r"^([0-9a-fA-F]{64}) [ *](.+)$", line.strip())
+        if match is None:
+            raise ModelLoadError(manifest.name, f"{manifest.checksums} line {number} is not '<sha256>  <file>'")
+        pins[match[2]] = match[1].lower()
+    if not pins:
+        raise ModelLoadError(manifest.name, f"{manifest.checksums} lists no file")
+    return pins
+
+
+def verify_checksums(manifest: Manifest, folder: Path) -> None:
+    """Check every pinned artifact's sha256 before an adapter opens it.
+
+    joblib and torch files are pickles: a swapped file runs code when loaded,
+    so a mismatch stops the load with a one-line reason naming model and file.
+    """
+    root = folder.resolve()
+    for name, expected in pinned_checksums(manifest, folder).items():
+        path = (folder / name).resolve()
+        if root not in path.parents:
+            raise ModelLoadError(manifest.name, f"checksum entry {name!r} is outside the model folder")
+        try:
+            with open(path, "rb") as file:
+                actual = hashlib.file_digest(file, "sha256").hexdigest()
+        except OSError as exc:
+            raise ModelLoadError(manifest.name, f"pinned file {name} cannot be read ({type(exc).__name__})") from None
+        if actual != expected:
+            raise ModelLoadError(
+                manifest.name, f"checksum mismatch for {name}: manifest pins sha256 {expected[:12]}..., file has {actual[:12]}..."
+            )

@@ -110,10 +110,11 @@ class TransformersDetector(ModelAdapter):
     def _detect(self, image: Image.Image) -> list[Detection]:
         image = image if image.mode == "RGB" else image.convert("RGB")
         width, height = image.size
+        image = _pad_thin(image)
         inputs = self.processor(images=[image], return_tensors="pt")
         outputs = self.model(**inputs)
         result = self.processor.post_process_object_detection(
-            outputs, threshold=self.threshold, target_sizes=[(height, width)]
+            outputs, threshold=self.threshold, target_sizes=[(image.height, image.width)]
         )[0]
         detections = []
         for score, label_id, box in zip(
@@ -142,3 +143,23 @@ class TransformersDetector(ModelAdapter):
         # batch-mates. On a CPU worker batching saves little anyway.
         with torch.inference_mode():
             return [self._detect(image) for image in batch]
+
+
+# Beyond this aspect ratio the processor's resize would shrink the short side
+# below a pixel (a 1x4000 image crashed the forward pass).
+MAX_ASPECT = 4
+
+
+def _pad_thin(image: Image.Image) -> Image.Image:
+    """Pad a very thin image with black on the right or bottom up to MAX_ASPECT:1.
+
+    Padding there keeps every pixel's coordinates, so boxes need no shift; they
+    are clipped to the original size afterwards.
+    """
+    width, height = image.size
+    padded = (max(width, -(-height // MAX_ASPECT)), max(height, -(-width // MAX_ASPECT)))
+    if padded == (width, height):
+        return image
+    canvas = Image.new("RGB", padded)
+    canvas.paste(image, (0, 0))
+    return canvas

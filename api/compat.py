@@ -124,7 +124,7 @@ def info():
         version=API_VERSION,
         default_classifier=settings.default_classifier,
         default_detector=settings.default_detector,
-        models=[asdict(m.info()) for m in services().registry],
+        models=[asdict(card) for card in services().registry.infos()],
         process={"pid": os.getpid(), "compute_threads": compute_threads(), "batching": settings.batching},
     )
 

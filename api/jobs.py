@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, Flask, current_app, jsonify, redirect, request, send_file, url_for
 from flask_pydantic_spec import MultipartFormRequest, Response
+from werkzeug.routing import BaseConverter
 
 from adapters.base import TEXT_CLASSIFICATION, TEXT_EMBEDDING
 from api import operations as ops
@@ -25,14 +26,27 @@ from serving.settings import Settings
 JOBS_EXTENSION = "serve_http.jobs"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 jobs = Blueprint("jobs", __name__)
+
+
+class JobIdConverter(BaseConverter):
+    """A job id is 32 hex digits: ``/v1/jobs/upload`` is never read as a job id,
+    so its ``Allow`` header lists only its own methods."""
+
+    regex = "[0-9a-f]{32}"
+
+    def to_python(self, value):
+        return value
+
+    # A real class, not a string: flask-pydantic-spec calls issubclass() on it.
+    to_python.__annotations__["return"] = str
 
 
 def init_jobs(app: Flask, settings: Settings) -> None:
     """Give the app its job service (nothing connects yet) and the routes."""
     app.extensions[JOBS_EXTENSION] = build_service(settings)
+    app.url_map.converters["job_id"] = JobIdConverter
     app.register_blueprint(jobs)
 
 
@@ -66,12 +80,6 @@ def job_json(job: Job) -> dict:
         "error": error,
         "result_url": url_for("jobs.job_result", job_id=job.id) if job.status == SUCCEEDED else None,
     }
-
-
-def _job_id(job_id: str) -> str:
-    if not _JOB_ID.match(job_id):
-        raise JobNotFound(f"no job {job_id!r}")
-    return job_id
 
 
 @jobs.post("/v1/jobs")
@@ -158,14 +166,14 @@ def _submit(model: str, inputs: list[str], parameters: Feature):
     return response
 
 
-@jobs.get("/v1/jobs/<job_id>")
+@jobs.get("/v1/jobs/<job_id:job_id>")
 @spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 503)), tags=["jobs"])
 def get_job(job_id: str):
     """A job's status, progress (inputs done / total), timestamps and error."""
-    return jsonify(job_json(job_service().get(_job_id(job_id))))
+    return jsonify(job_json(job_service().get(job_id)))
 
 
-@jobs.get("/v1/jobs/<job_id>/result")
+@jobs.get("/v1/jobs/<job_id:job_id>/result")
 @spec.validate(resp=Response("HTTP_200", "HTTP_307", validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
 def job_result(job_id: str):
     """A succeeded job's results, as JSON lines.
@@ -177,14 +185,14 @@ def job_result(job_id: str):
     When results live in object storage, a 307 redirect to a pre-signed URL.
     409 until the job succeeded.
     """
-    location = job_service().result(_job_id(job_id))
+    location = job_service().result(job_id)
     if location.url is not None:
         return redirect(location.url, code=307)
     assert location.path is not None
     return send_file(location.path, mimetype="application/x-ndjson", download_name=f"{job_id}.jsonl", conditional=True)
 
 
-@jobs.delete("/v1/jobs/<job_id>")
+@jobs.delete("/v1/jobs/<job_id:job_id>")
 @spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
 def cancel_job(job_id: str):
     """Cancel a queued or running job.
@@ -192,4 +200,4 @@ def cancel_job(job_id: str):
     A running job stops after its current batch; 409 if it already succeeded
     or failed.
     """
-    return jsonify(job_json(job_service().cancel(_job_id(job_id))))
+    return jsonify(job_json(job_service().cancel(job_id)))

@@ -38,8 +38,10 @@ def ready():
 @v2.get("/v2/models/<name>/ready")
 @spec.validate(resp=responses(V2ModelReady, 400, 404), tags=["health"])
 def model_ready(name: str):
-    """Model ready: this model is loaded (400 when not, 404 when unknown)."""
-    for adapter in services().registry:
-        if adapter.name == name:
-            return _answer(adapter.ready, name=name, ready=adapter.ready)
-    raise ModelNotFound(f"no model named {name!r}")
+    """Model ready: this model is loaded (400 when not, 404 when unknown).
+
+    An optional model that failed to load is known and not ready."""
+    state = services().registry.states().get(name)
+    if state is None:
+        raise ModelNotFound(f"no model named {name!r}")
+    return _answer(state.ready, name=name, ready=state.ready)

@@ -54,7 +54,9 @@ def decode_images(contents: list[str], field: str) -> list[DecodedImage]:
         try:
             images.append(decode_image(content, limits))
         except ServeError as error:
-            error.details = error.details or {"field": field.format(i=i)}
+            # Every image error names its field, beside what else it says.
+            where = {"field": field.format(i=i)}
+            error.details = {**error.details, **where} if isinstance(error.details, dict) else (error.details or where)
             raise
     return images
 

@@ -43,15 +43,19 @@ def cache_header(response):
 @v1.get("/v1/models")
 @spec.validate(resp=responses(ModelList), tags=["models"])
 def list_models():
-    """Every served model: name, task, version, labels, readiness."""
-    return jsonify(models=[asdict(m.info()) for m in services().registry])
+    """Every model of the repository: name, task, version, labels, readiness.
+
+    An optional model that failed to load is listed with `ready: false`; asking
+    it to predict is 503.
+    """
+    return jsonify(models=[asdict(card) for card in services().registry.infos()])
 
 
 @v1.get("/v1/models/<name>")
 @spec.validate(resp=responses(ModelCard, 404), tags=["models"])
 def get_model(name: str):
     """One model's metadata."""
-    return jsonify(asdict(services().registry.get(name).info()))
+    return jsonify(asdict(services().registry.info(name)))
 
 
 @v1.post("/v1/models/<name>/predict")
@@ -141,9 +145,13 @@ def healthz():
 @v1.get("/readyz")
 @spec.validate(resp=responses(Readiness, 503), tags=["health"])
 def readyz():
-    """Readiness: every model is loaded (503 otherwise, with the per-model state)."""
+    """Readiness: 200 when every required model is loaded, 503 otherwise.
+
+    The body names each model: ready or not, optional or required, and why it
+    failed to load.
+    """
     registry = services().registry
-    states = {m.name: m.ready for m in registry}
+    states = {name: asdict(state) for name, state in registry.states().items()}
     ready = registry.ready
     response = jsonify(status="ready" if ready else "not_ready", models=states)
     if not ready:

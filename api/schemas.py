@@ -1,8 +1,9 @@
 """Request and response bodies of the HTTP API, as pydantic models.
 
 flask-pydantic-spec validates requests against these and derives ``openapi.yml``
-from them. Request models forbid unknown fields and NaN/Infinity, so a typo in
-a field name is a 422 that names the field instead of a silently ignored option.
+from them. Request models forbid unknown fields and NaN/Infinity and coerce no types, so
+a typo in a field name or a number sent as a string is a 422 that names the
+field instead of a silently ignored or reinterpreted option.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from adapters.detection import DetectionOptions
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: "20" is not a number and true is not 1, as the JSON Schema says.
+    # hide_input_in_errors: flask-pydantic-spec serialises the error (input
+    # included) before our hook replaces it; a deeply nested input then broke
+    # that serialisation (500), and a 1 MB one was copied for nothing.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, hide_input_in_errors=True)
 
 
 # --- detection -------------------------------------------------------------
@@ -164,9 +169,15 @@ class Health(BaseModel):
     status: str
 
 
+class ModelReadiness(BaseModel):
+    ready: bool
+    optional: bool = Field(description="An optional model may fail to load without making the service unready.")
+    reason: Optional[str] = Field(None, description="Why it failed to load, in one line.")
+
+
 class Readiness(BaseModel):
-    status: str
-    models: dict[str, bool]
+    status: str = Field(description="ready or not_ready")
+    models: dict[str, ModelReadiness]
 
 
 class V2Live(BaseModel):

@@ -7,9 +7,10 @@ from typing import Any
 
 from flask import Flask
 from flask_pydantic_spec import FlaskPydanticSpec, Response
+from flask_pydantic_spec.flask_backend import FlaskBackend
 from pydantic import ValidationError
 
-from serving.errors import ValidationFailed
+from serving.errors import InvalidInput, ValidationFailed
 
 API_TITLE = "serve-http"
 API_VERSION = "1.0.0"
@@ -19,6 +20,8 @@ def field_path(loc: tuple) -> str:
     """``("requests", 0, "image")`` -> ``requests[0].image``; the body itself is ``body``."""
     path = ""
     for part in loc:
+        if isinstance(part, str):  # a client's field name: make it safe to encode
+            part = part.encode("utf-8", "replace").decode("utf-8")
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path or "body"
 
@@ -35,25 +38,30 @@ def validation_details(error: ValidationError, prefix: tuple = ()) -> list[dict[
     ]
 
 
-def _raise_validation(request, response, error, instance) -> None:
-    if error is not None:
-        raise ValidationFailed("request body does not match the schema", details=validation_details(error))
+class _Backend(FlaskBackend):
+    """Validation failures become the service's errors before the library builds
+    its own answer: it serialises the offending input, which fails (a 500) on
+    bytes that are not UTF-8 or integers beyond 64 bits."""
+
+    def request_validation(self, request, query, body, headers, cookies) -> None:
+        try:
+            super().request_validation(request, query, body, headers, cookies)
+        except ValidationError as error:
+            raise ValidationFailed("request body does not match the schema", details=validation_details(error)) from None
+        except ValueError:  # a multipart part declared application/json that is not UTF-8 JSON
+            raise InvalidInput("a part declared application/json is not valid UTF-8 JSON") from None
 
 
-spec = FlaskPydanticSpec(
-    "flask",
-    title=API_TITLE,
-    version=API_VERSION,
-    path="apidoc",
-    before=_raise_validation,
-)
+spec = FlaskPydanticSpec("flask", backend=_Backend, title=API_TITLE, version=API_VERSION, path="apidoc")
 
 
 def responses(ok, *errors: int) -> Response:
     """A route's documented responses: its 200 model and the error codes it can answer."""
     from api.schemas import ErrorResponse
 
-    codes = {f"HTTP_{code}": ErrorResponse for code in errors}
+    # Any route may answer 401 once API keys are set: which routes stay public
+    # is a setting (SERVE_PUBLIC_ROUTES), not part of the route.
+    codes = {f"HTTP_{code}": ErrorResponse for code in sorted({401, *errors})}
     # Responses are built by our own code from our own models; validating them
     # again on every request costs time and proves nothing new.
     return Response(HTTP_200=ok, validate=False, **codes)

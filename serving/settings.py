@@ -9,10 +9,12 @@ knobs keep the names operators already use (``PORT``, ``WORKERS`` ...).
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
@@ -37,6 +39,22 @@ def default_workers() -> int:
 
 CommaList = Annotated[list[str], NoDecode]
 
+# Which routes each public group opens; serve_http maps the groups to endpoints.
+PUBLIC_ROUTE_GROUPS = ("health", "docs", "metrics")
+
+_KEY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+_KEY_ENTRY = re.compile(r"^(?P<name>[^:\s]+)(?:\s*:\s*|\s+)(?P<key>.*)$")
+
+
+def _split_key_entry(entry: str) -> tuple[str, str, str]:
+    """``name:key`` or ``name key`` -> (name, separator, key); a bare key has no separator."""
+    match = _KEY_ENTRY.match(entry.strip())
+    if match is None:
+        return "", "", entry.strip()
+    return match["name"], ":", match["key"].strip()
+
 
 class Settings(BaseSettings):
     """Settings from the environment, a ``.env`` file, or keyword arguments."""
@@ -47,6 +65,8 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        # A rejected setting may be an API key: errors never echo the input.
+        hide_input_in_errors=True,
     )
 
     # --- models ---------------------------------------------------------
@@ -119,9 +139,27 @@ class Settings(BaseSettings):
     )
 
     # --- security -------------------------------------------------------
+    # repr=False: a settings object printed or logged never shows a key.
     api_keys: CommaList = Field(
         default_factory=list,
-        description="Accepted API keys (X-Api-Token or Authorization: Bearer); empty disables auth.",
+        repr=False,
+        description="Accepted API keys as name:key (or bare keys, named key1, key2...), comma-separated; "
+        "sent as X-Api-Token or Authorization: Bearer. No keys from here or the file disables auth.",
+    )
+    api_keys_file: Optional[Path] = Field(
+        None,
+        description="File of more API keys, one `name:key` or `name key` per line, # comments; read at start.",
+    )
+    public_routes: CommaList = Field(
+        default_factory=lambda: list(PUBLIC_ROUTE_GROUPS),
+        description="Route groups callable without a key when keys are set: health, docs, metrics.",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins allowed to call from a browser (CORS), e.g. https://app.example.com, or *; empty sends no CORS headers.",
+    )
+    cors_allow_credentials: bool = Field(
+        False, description="Let browsers send cookies/credentials cross-origin (never with * origins)."
     )
 
     # --- background jobs ---------------------------------------------------
@@ -200,7 +238,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", ENV_PREFIX + "METRICS_DIR"),
     )
 
-    @field_validator("models", "image_formats", "api_keys", mode="before")
+    @field_validator("models", "image_formats", "api_keys", "public_routes", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):
@@ -217,11 +255,92 @@ class Settings(BaseSettings):
         machine never wipe each other's files."""
         return self.metrics_dir or REPO_ROOT / "var" / "metrics" / str(self.port)
 
+    @field_validator("public_routes")
+    @classmethod
+    def _known_groups(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(PUBLIC_ROUTE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown route group(s) {unknown}; choose among {list(PUBLIC_ROUTE_GROUPS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> "Settings":
+        if "*" in self.cors_origins and self.cors_allow_credentials:
+            raise ValueError("SERVE_CORS_ORIGINS=* cannot be combined with SERVE_CORS_ALLOW_CREDENTIALS=true")
+        self.named_api_keys()  # refuse to start on a bad key list, not on the first request
+        return self
+
+    def named_api_keys(self) -> dict[str, str]:
+        """Every accepted key by its name, from ``SERVE_API_KEYS`` then ``SERVE_API_KEYS_FILE``.
+
+        Raises ``ValueError`` (one line, never showing a key) on an empty key, a
+        bad or duplicate name, or an unreadable file.
+        """
+        entries = [(f"SERVE_API_KEYS item {i + 1}", item) for i, item in enumerate(self.api_keys)]
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read SERVE_API_KEYS_FILE {self.api_keys_file}: {type(exc).__name__}") from None
+            before = len(entries)
+            for number, line in enumerate(lines, 1):
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    entries.append((f"{self.api_keys_file.name} line {number}", line))
+            if len(entries) == before:  # an emptied file must not switch authentication off
+                raise ValueError(f"SERVE_API_KEYS_FILE {self.api_keys_file} lists no key")
+        keys: dict[str, str] = {}
+        bare = 0
+        for where, entry in entries:
+            name, separator, key = _split_key_entry(entry)
+            if not separator:
+                bare += 1
+                name, key = f"key{bare}", entry
+            if not _KEY_NAME.match(name):
+                raise ValueError(f"{where}: key name must be 1-64 of A-Z a-z 0-9 . _ -")
+            if not key:
+                raise ValueError(f"{where}: key {name!r} is empty")
+            if name in keys:
+                raise ValueError(f"{where}: duplicate key name {name!r}")
+            keys[name] = key
+        return keys
+
     def torch_threads_per_worker(self) -> int:
         """Intra-op threads so that workers x threads never exceeds the cores."""
         if self.torch_threads:
             return self.torch_threads
         return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment; a bad value exits with one line naming it (never its value)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise SystemExit(f"serve-http: invalid settings: {problems}") from None
+
+
+_last_loaded: Settings | None = None
+
+
+def load_settings_on_reload() -> Settings:
+    """``load_settings`` for gunicorn.conf.py, which Gunicorn re-reads on SIGHUP.
+
+    At the first start a bad setting exits; on a reload it is reported and the
+    settings of the last good load are kept, so a typo in a keys file cannot
+    take a running master and its workers down.
+    """
+    global _last_loaded
+    try:
+        _last_loaded = load_settings()
+    except SystemExit as exc:
+        if _last_loaded is None:
+            raise
+        print(f"{exc}; the reload keeps the previous settings", file=sys.stderr, flush=True)
+    return _last_loaded
 
 
 def env_names(name: str) -> list[str]:

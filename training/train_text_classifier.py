@@ -14,6 +14,8 @@ It writes into ``--out``:
 * ``labels.json``: the class names, in the order of ``predict_proba``'s columns.
 * ``metrics.json``: held-out accuracy, macro F1, per-class report, split sizes,
   data source, seed, library versions and training time.
+* ``SHA256SUMS``: the sha256 of each file above, which the server verifies
+  before loading (the manifest says ``checksums: SHA256SUMS``).
 
 The shipped model is the one fitted on the training split, so ``metrics.json``
 describes exactly the model that is served. Nothing is written unless the run
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import bz2
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -68,6 +71,7 @@ ALPHA = 0.2
 MODEL_FILE = "model.joblib"
 LABELS_FILE = "labels.json"
 METRICS_FILE = "metrics.json"
+CHECKSUMS_FILE = "SHA256SUMS"
 
 
 class TrainingError(Exception):
@@ -262,21 +266,34 @@ def write_atomically(out: Path, files: dict[str, Callable[[Path], None]]) -> Non
     """Write each file to a temporary name in ``out``, then rename them all into place.
 
     Renames within one folder are atomic, so a reader (or a crash) sees either
-    the old file or the complete new one. ``model.joblib`` is renamed last: its
-    presence, which is what ``make models`` checks, means the run finished.
+    the old file or the complete new one. ``SHA256SUMS`` (``sha256sum -c``
+    format) lists every file written; the manifest names it (``checksums:
+    SHA256SUMS``) and the server checks it before unpickling. The pickles are not
+    byte-for-byte reproducible, so the sums come from this run, not the
+    repository. ``model.joblib`` is renamed last: its presence, which is what
+    ``make models`` checks, means the run finished.
     """
     out.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
+
+    def stage(name: str, writer: Callable[[Path], None]) -> Path:
+        # Not tempfile.mkstemp: its 0600 mode would survive the rename and
+        # hide the model from a server running as another user (the Docker
+        # image trains as root and serves as "serve").
+        tmp = out / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        staged.append((tmp, out / name))
+        writer(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        return tmp
+
     try:
+        sums = []
         for name, writer in files.items():
-            # Not tempfile.mkstemp: its 0600 mode would survive the rename and
-            # hide the model from a server running as another user (the Docker
-            # image trains as root and serves as "serve").
-            tmp = out / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            staged.append((tmp, out / name))
-            writer(tmp)
+            tmp = stage(name, writer)
             with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+                sums.append(f"{hashlib.file_digest(handle, 'sha256').hexdigest()}  {name}\n")
+        stage(CHECKSUMS_FILE, lambda path: path.write_text("".join(sums), encoding="utf-8"))
         for tmp, final in sorted(staged, key=lambda pair: pair[1].name == MODEL_FILE):
             os.replace(tmp, final)
     finally:

@@ -236,3 +236,23 @@ def test_an_unreachable_redis_is_a_503_not_a_crash(settings, registry):
         assert r.status_code == 503 and r.headers["Retry-After"] == "5"
         assert r.get_json()["error"]["code"] == "not_ready"
         assert "Traceback" not in r.get_data(as_text=True)
+
+
+def test_hostile_multipart_fields_are_4xx_not_a_crash(client):
+    """Found by the contract fuzzer: field names and values the validation library
+    could not put into its own error (not UTF-8, integers beyond 64 bits)."""
+    boundary = "b0undary"
+    parts = [
+        ('name="\xfd\xf5\xff"', b"0"),
+        ('name="parameters"\r\nContent-Type: application/json', b'{"maxResults": 200000000000000000000000000}'),
+        ('name="model"', b"sentiment"),
+    ]
+    body = b"".join(
+        f"--{boundary}\r\nContent-Disposition: form-data; {head}\r\n\r\n".encode("utf-8", "surrogateescape") + value + b"\r\n"
+        for head, value in parts
+    ) + f"--{boundary}--\r\n".encode()
+    r = client.post("/v1/jobs/upload", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 422, r.data
+    fields = {item["field"] for item in r.json["error"]["details"]}
+    assert "parameters.maxResults" in fields
+    assert client.post("/v1/jobs/upload", data=body, headers={"Content-Type": "text/plain"}).status_code == 415

@@ -283,7 +283,11 @@ def test_info_and_health(client):
     info = client.get("/info").get_json()
     assert info["default_detector"] == "faces" and len(info["models"]) == 3
     assert client.get("/healthCheck").get_json() == {"status": "ok"}
-    assert client.get("/readyz").get_json() == {"status": "ready", "models": {"faces": True, "sentiment": True, "tiny-yolos": True}}
+    ready = {"ready": True, "optional": False, "reason": None}
+    assert client.get("/readyz").get_json() == {
+        "status": "ready",
+        "models": {"faces": ready, "sentiment": ready, "tiny-yolos": ready},
+    }
 
 
 def test_api_keys(settings, registry):

@@ -44,6 +44,7 @@ class GunicornServer:
             "WORKERS": "2",
             "ACCESS_LOG": str(self.access_log),
             "SERVE_CACHE_DIR": str(tmp / "cache"),
+            "SERVE_JOBS_DIR": str(tmp / "jobs"),
             "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
@@ -52,7 +53,8 @@ class GunicornServer:
         self.started_at = 0.0
         self.ready_seconds = 0.0
 
-    def start(self) -> "GunicornServer":
+    def start(self, wait_ready: bool = True) -> "GunicornServer":
+        """Start Gunicorn; unless ``wait_ready`` is false, return once ``/readyz`` is 200."""
         self.started_at = time.monotonic()
         with open(self.output, "wb") as out:
             self.process = subprocess.Popen(
@@ -63,6 +65,8 @@ class GunicornServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if not wait_ready:
+            return self
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -93,6 +97,37 @@ class GunicornServer:
             ["ps", "-o", "pid=", "--ppid", str(self.process.pid)], capture_output=True, text=True
         ).stdout
         return {int(pid) for pid in out.split()}
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the master (HUP reloads, TERM stops gracefully)."""
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        """The master's exit status, waiting at most ``timeout`` seconds."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def wait_for(self, condition, timeout: float, what: str):
+        """Poll ``condition()`` until it returns something truthy; fail after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.02)  # polling a condition, bounded by the deadline
+        raise AssertionError(f"not within {timeout}s: {what}\n{self.log()[-3000:]}")
+
+    def access_count(self, needle: str = "") -> int:
+        """Lines of the access log so far (that contain ``needle``)."""
+        if not self.access_log.exists():
+            return 0
+        return sum(needle in line for line in self.access_log.read_text(errors="replace").splitlines())
 
     def stop(self, timeout: float = 30) -> int:
         if self.process is None or self.process.poll() is not None:

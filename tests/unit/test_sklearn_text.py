@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -49,8 +50,11 @@ def trained(tmp_path_factory) -> Path:
     return out
 
 
-def test_cli_writes_the_three_artifacts(trained, capsys):
-    assert sorted(p.name for p in trained.iterdir()) == ["labels.json", "metrics.json", "model.joblib"]
+def test_cli_writes_the_three_artifacts_and_their_sums(trained, capsys):
+    assert sorted(p.name for p in trained.iterdir()) == ["SHA256SUMS", "labels.json", "metrics.json", "model.joblib"]
+    sums = dict(line.split()[::-1] for line in (trained / "SHA256SUMS").read_text().splitlines())
+    for name in ("labels.json", "metrics.json", "model.joblib"):
+        assert sums[name] == hashlib.sha256((trained / name).read_bytes()).hexdigest()
     labels = json.loads((trained / "labels.json").read_text())
     metrics = json.loads((trained / "metrics.json").read_text())
     assert labels == ["neg", "pos"]

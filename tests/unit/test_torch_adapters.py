@@ -287,6 +287,7 @@ def test_registry_shares_the_encoder_with_the_classifier(head_folder, tmp_path):
         raw["adapter"] = ADAPTERS.get(raw["adapter"], CLASSES[raw["adapter"]])
         if name == "minilm-sentiment":
             raw["source"] = str(head_folder / "head.joblib")
+            raw["checksums"] = None  # the head lives outside the folder
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.yaml").write_text(yaml.safe_dump(raw))
     registry = ModelRegistry(tmp_path)
@@ -318,7 +319,7 @@ def test_training_cli_writes_head_labels_and_metrics(tmp_path, capsys):
     data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in zip(texts + rows, labels * 2)))
     out = tmp_path / "model"
     assert train_main(["--csv", str(data), "--out", str(out), "--test-size", "0.25", "--min-accuracy", "0.8"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["head.joblib", "labels.json", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "head.joblib", "labels.json", "metrics.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert json.loads((out / "labels.json").read_text()) == ["neg", "pos"] == metrics["labels"]
     assert metrics["n_test"] == 18 and metrics["accuracy"] >= 0.8

@@ -1,0 +1,32 @@
+"""A text classifier that takes as long as it is told: for deadline and shutdown tests.
+
+A text ``sleep:2.5`` makes its batch take 2.5 s (the longest such text of the
+batch); any other text answers at once. Every call appends a line to the file
+named by ``SLOW_ADAPTER_LOG`` (if set), so a test can see that the call began
+without sleeping itself. It simulates a slow model; nothing here is a mock of
+the service.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
+
+
+class SlowClassifier(ModelAdapter):
+    task = TEXT_CLASSIFICATION
+
+    def load(self) -> None:
+        self.labels = ["done"]
+
+    def predict(self, batch: Sequence[str]) -> list[Classification]:
+        seconds = max((float(t[6:]) for t in batch if t.startswith("sleep:")), default=0.0)
+        log = os.environ.get("SLOW_ADAPTER_LOG")
+        if log:
+            with open(log, "a") as file:
+                file.write(f"{os.getpid()} {seconds}\n")
+        time.sleep(seconds)
+        return [Classification("done", {"done": 1.0}) for _ in batch]
