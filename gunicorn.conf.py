@@ -20,7 +20,6 @@ pages copy-on-write. The hooks keep that true and keep torch safe under fork:
 from __future__ import annotations
 
 import gc
-import sys
 
 from serving import multiprocess
 from serving.settings import load_settings_on_reload
@@ -30,6 +29,7 @@ _settings = load_settings_on_reload()
 multiprocess.prepare(_settings.metrics_path())
 
 from serving import logs  # noqa: E402 - after the metrics folder is set
+from serving.threads import set_compute_threads  # noqa: E402
 from serving.worker import SheddingThreadWorker  # noqa: E402
 
 wsgi_app = "serve_http:app"
@@ -85,18 +85,7 @@ def on_reload(server) -> None:
 
 def post_fork(server, worker) -> None:
     threads_per_worker = _settings.torch_threads_per_worker()
-    if "torch" in sys.modules:  # only when a torch model is loaded
-        import torch
-
-        torch.set_num_threads(threads_per_worker)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already fixed by an earlier parallel call
-            pass
-    if "cv2" in sys.modules:
-        import cv2
-
-        cv2.setNumThreads(threads_per_worker)
+    set_compute_threads(threads_per_worker)
     server.log.info("worker %s: %d compute thread(s)", worker.pid, threads_per_worker)
 
 

@@ -15,7 +15,6 @@ import gc
 import logging
 import logging.config
 import os
-import sys
 import time
 
 from huey.consumer import Consumer
@@ -28,6 +27,7 @@ from predict import ModelRegistry, Predictor
 from serving import logs
 from serving.cache import NullCache
 from serving.settings import Settings
+from serving.threads import set_compute_threads
 from utils_serve import ImageLimits
 
 log = logging.getLogger("jobs.worker")
@@ -56,21 +56,6 @@ class JobConsumer(Consumer):
 def compute_threads(settings: Settings) -> int:
     """Torch / OpenCV threads per job process: ``SERVE_TORCH_THREADS`` or cores // processes."""
     return settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.job_workers)
-
-
-def set_compute_threads(threads: int) -> None:
-    if "torch" in sys.modules:
-        import torch
-
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # fixed already by an earlier parallel call
-            pass
-    if "cv2" in sys.modules:
-        import cv2
-
-        cv2.setNumThreads(threads)
 
 
 def build_consumer(settings: Settings) -> JobConsumer:

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,16 +36,6 @@ def scrape(server: GunicornServer) -> dict[tuple[str, tuple], float]:
 
 def value(samples: dict, name: str, **labels) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def poll(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.05)  # polling a condition, bounded by the deadline
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +76,8 @@ def test_counts_are_exact_across_five_workers_and_survive_a_killed_worker(repo, 
 
         victim = max(answered_by, key=lambda pid: sum(1 for l in server.access_records() if l["pid"] == pid))
         os.kill(victim, signal.SIGKILL)
-        poll(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 5, 30, "a replacement worker")
-        after = poll(lambda: (s := scrape(server)) and value(s, "serve_http_worker_exits_total") == 1 and s, 30,
+        server.wait_for(lambda: victim not in server.worker_pids() and len(server.worker_pids()) == 5, 30, "a replacement worker")
+        after = server.wait_for(lambda: (s := scrape(server)) and value(s, "serve_http_worker_exits_total") == 1 and s, 30,
                      "the master to count the exit")
         assert value(after, "serve_http_requests_total", method="POST", status="2xx", **route) == n
         assert value(after, "serve_http_request_duration_seconds_count", method="POST", **route) == n
@@ -137,7 +126,7 @@ def test_request_id_in_access_line_and_error_lines_and_no_secrets(repo, tmp_path
                                 headers={"X-Api-Token": "wrong-" + KEY, "X-Request-ID": "trace-401"}, timeout=10)
         assert refused.status_code == 401
 
-        access = poll(lambda: {l["request_id"]: l for l in server.access_records()
+        access = server.wait_for(lambda: {l["request_id"]: l for l in server.access_records()
                                if l["request_id"] in ("trace-me-42", "trace-ok-7", "trace-401")}
                       if len({l["request_id"] for l in server.access_records()} & {"trace-me-42", "trace-ok-7", "trace-401"}) == 3
                       else None, 10, "three access lines")

@@ -1,0 +1,26 @@
+"""Compute threads of a forked process (a Gunicorn worker or a job process).
+
+Set after fork, never before: OpenMP state made in the parent hangs forked
+children. ``threads`` x processes should not exceed the cores.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def set_compute_threads(threads: int) -> None:
+    """Torch intra-op threads (one inter-op thread) and OpenCV threads, for the
+    libraries this process has loaded; imports neither."""
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # fixed already by an earlier parallel call
+            pass
+    if "cv2" in sys.modules:
+        import cv2
+
+        cv2.setNumThreads(threads)
