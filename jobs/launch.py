@@ -19,6 +19,7 @@ machines, ``python -m jobs.worker`` on job machines).
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -32,10 +33,19 @@ COMMANDS = {
 }
 
 
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    # Each child leads its own process group: Gunicorn's workers and the job
+    # worker's forked processes are in it, even when the leader itself has died
+    # (a job process whose parent was killed would otherwise run on, orphaned).
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def stop_all(children: dict[str, subprocess.Popen], timeout: float = 40) -> None:
     for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+        _signal_group(child, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for child in children.values():
         try:
@@ -43,6 +53,8 @@ def stop_all(children: dict[str, subprocess.Popen], timeout: float = 40) -> None
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+    for child in children.values():  # whatever of a group outlived its leader
+        _signal_group(child, signal.SIGKILL)
 
 
 def main() -> int:

@@ -72,8 +72,17 @@ def test_ctrl_c_stops_web_and_worker(launch):
     wait_for(lambda: not any(alive(pid) for pid in kids.values()), 30, "both children to exit")
 
 
+def group_members(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split() if alive(int(pid))]
+
+
 def test_a_dead_worker_takes_the_web_down_with_it(launch):
     process, kids = launch
+    forked = children(kids["worker"])  # the job processes the worker forked
+    assert forked, "the job worker forked no process"
     os.kill(kids["worker"], signal.SIGKILL)
     assert process.wait(timeout=60) != 0
     wait_for(lambda: not alive(kids["web"]), 30, "Gunicorn to be stopped")
+    # Its orphaned job processes do not run on.
+    wait_for(lambda: not group_members(kids["worker"]), 30, "the killed worker's job processes to exit")
