@@ -37,17 +37,17 @@ def prepare(folder: Path) -> Path:
     """Point prometheus_client at ``folder`` and empty it, once per master process.
 
     Gunicorn reads its config file again on ``SIGHUP``; the live master's files
-    must survive that, so a folder already prepared by this process is kept.
+    must survive that, so once this process has prepared a folder it keeps it
+    (a changed setting takes effect at the next start).
     """
+    if os.environ.get("_SERVE_METRICS_PREPARED") == str(os.getpid()) and os.environ.get(ENV):
+        return Path(os.environ[ENV])
     folder = Path(folder).resolve()
-    marker = f"{os.getpid()}:{folder}"
-    if os.environ.get("_SERVE_METRICS_PREPARED") == marker:
-        return folder
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink()
     os.environ[ENV] = str(folder)
-    os.environ["_SERVE_METRICS_PREPARED"] = marker
+    os.environ["_SERVE_METRICS_PREPARED"] = str(os.getpid())
     return folder
 
 

@@ -84,6 +84,16 @@ def test_counts_are_exact_across_five_workers_and_survive_a_killed_worker(repo, 
         assert value(after, "serve_http_batch_size_sum", model="sentiment") == n
         assert not list((tmp_path / "metrics").glob(f"*_{victim}.db")), "the dead worker's files were folded"
 
+        # SIGHUP re-reads gunicorn.conf.py and replaces every worker: the folder is not wiped again.
+        old = server.worker_pids()
+        server.signal(signal.SIGHUP)
+        server.wait_for(lambda: len(server.worker_pids()) == 5 and not (server.worker_pids() & old), 60,
+                        "five new workers after SIGHUP")
+        reloaded = scrape(server)
+        assert value(reloaded, "serve_http_requests_total", method="POST", status="2xx", **route) == n
+        assert value(reloaded, "serve_http_model_info", model="sentiment", version="1", adapter="sklearn",
+                     task="text-classification") == 1
+
         # KServe V2 health speaks for the same registry.
         assert requests.get(server.url + "/v2/health/ready", timeout=5).json() == {"ready": True}
         assert requests.get(server.url + "/v2/models/sentiment/ready", timeout=5).json() == {
