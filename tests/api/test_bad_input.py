@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import diskcache
+from prometheus_client import REGISTRY
 import pytest
 from PIL import Image
 
@@ -165,6 +166,29 @@ def cache_entries(app) -> int:
     return len(diskcache.Cache(str(app.extensions[EXTENSION].settings.cache_dir)))
 
 
+def model_metrics() -> dict[str, float]:
+    """Model calls and cache lookups so far, from this process's Prometheus registry."""
+    found = {}
+    for model in ("sentiment", "faces"):
+        found[f"{model} calls"] = REGISTRY.get_sample_value("serve_http_batch_size_count", {"model": model}) or 0.0
+        for result in ("hit", "miss"):
+            found[f"{model} {result}"] = (
+                REGISTRY.get_sample_value("serve_http_cache_lookups_total", {"model": model, "result": result}) or 0.0
+            )
+    return found
+
+
+def client_errors() -> float:
+    """Requests answered 4xx so far, every route and method."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "serve_http_requests"
+        for sample in family.samples
+        if sample.name == "serve_http_requests_total" and sample.labels["status"] == "4xx"
+    )
+
+
 @pytest.fixture
 def warm(app, client):
     """A cached answer made before the bad request; it must survive it."""
@@ -177,6 +201,7 @@ def warm(app, client):
 def test_bad_input_gets_its_error_and_changes_nothing(app, client, warm, name):
     case = CASES[name]
     before = cache_entries(app)
+    metrics_before, errors_before = model_metrics(), client_errors()
     response = case.send(client)
     error = error_of(response, case.status)
     assert error["code"] == case.code, error
@@ -187,8 +212,11 @@ def test_bad_input_gets_its_error_and_changes_nothing(app, client, warm, name):
         assert case.field in fields, details
     if case.status == 405:
         assert response.headers["Allow"]
-    # Nothing changed: same cache entries, no queued work, the warm answer still cached.
+    # Nothing changed: same cache entries, no queued work, no model call or cache
+    # lookup, the warm answer still cached; the metrics count one more 4xx.
     assert cache_entries(app) == before
+    assert model_metrics() == metrics_before
+    assert client_errors() == errors_before + 1
     predictor = app.extensions[EXTENSION].predictor
     for model in ("sentiment", "faces"):
         batcher = predictor.batcher(model)
