@@ -200,7 +200,7 @@ class Settings(BaseSettings):
         "WORKER_CLASS", "gthread", "Gunicorn worker class: gthread, sync or gevent."
     )
     worker_backlog: int = Field(
-        16,
+        64,
         ge=0,
         description="Requests a gthread worker lets wait for a free thread; the next gets 503 at once (0: no bound).",
     )
