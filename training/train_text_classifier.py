@@ -357,48 +357,70 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "n_features": len(pipeline.named_steps["tfidf"].vocabulary_),
         },
         "training_seconds": round(seconds, 3),
-        "versions": {
-            "sklearn": sklearn.__version__,
-            "numpy": np.__version__,
-            "joblib": joblib.__version__,
-            "python": platform.python_version(),
-        },
+        "versions": base_versions(),
     }
     print(
         f"held-out accuracy: {scores['accuracy']:.4f} (macro F1 {scores['macro_f1']:.4f}, "
         f"n_train={len(x_train)}, n_test={len(x_test)}, fit {seconds:.2f}s)"
     )
-    if scores["accuracy"] < args.min_accuracy:
-        raise TrainingError(
-            f"held-out accuracy {scores['accuracy']:.4f} is below --min-accuracy {args.min_accuracy}; nothing written"
-        )
-    try:
-        write_atomically(args.out, artifacts(pipeline, labels, metrics))
-    except OSError as exc:  # unwritable folder, full disk: the old artifacts stay as they were
-        raise TrainingError(f"cannot write to {args.out}: {one_line(exc)}") from None
+    save(args, scores["accuracy"], artifacts(MODEL_FILE, pipeline, labels, metrics))
     print(f"wrote {args.out / MODEL_FILE}, {LABELS_FILE}, {METRICS_FILE}")
     return metrics
 
 
-def artifacts(pipeline: Pipeline, labels: list[str], metrics: dict[str, Any]) -> dict[str, Callable[[Path], None]]:
-    """The writer of each output file, by file name; the model comes last."""
+def base_versions() -> dict[str, str]:
+    """Library versions every trained model records in its metrics."""
+    return {
+        "sklearn": sklearn.__version__,
+        "numpy": np.__version__,
+        "joblib": joblib.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save(args: argparse.Namespace, accuracy: float, files: dict[str, Callable[[Path], None]]) -> None:
+    """Write the artifacts if the held-out accuracy reaches ``--min-accuracy``."""
+    if accuracy < args.min_accuracy:
+        raise TrainingError(
+            f"held-out accuracy {accuracy:.4f} is below --min-accuracy {args.min_accuracy}; nothing written"
+        )
+    try:
+        write_atomically(args.out, files)
+    except OSError as exc:  # unwritable folder, full disk: the old artifacts stay as they were
+        raise TrainingError(f"cannot write to {args.out}: {one_line(exc)}") from None
+
+
+def artifacts(
+    model_file: str, model: Any, labels: list[str], metrics: dict[str, Any]
+) -> dict[str, Callable[[Path], None]]:
+    """The writer of each output file, by file name; the model comes last (renamed last)."""
     return {
         LABELS_FILE: write_json(labels),
         METRICS_FILE: write_json(metrics),
         # compress=3 shrinks the file by about 40% and costs a few ms at load.
-        MODEL_FILE: lambda path: joblib.dump(pipeline, path, compress=3),
+        model_file: lambda path: joblib.dump(model, path, compress=3),
     }
+
+
+def command_line(
+    prog: str,
+    parse: Callable[[Sequence[str] | None], argparse.Namespace],
+    train: Callable[[argparse.Namespace], Any],
+    argv: Sequence[str] | None,
+) -> int:
+    """Run a training script; its exit status (0 on success, 1 on bad input)."""
+    args = parse(argv)
+    try:
+        train(args)
+    except TrainingError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 on success, 1 on bad input)."""
-    args = parse_args(argv)
-    try:
-        train(args)
-    except TrainingError as exc:
-        print(f"train_text_classifier: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return command_line("train_text_classifier", parse_args, train, argv)
 
 
 if __name__ == "__main__":
