@@ -309,27 +309,25 @@ class Predictor:
         return adapter
 
     def classify(self, name: str, texts: Sequence[str]) -> Predictions:
-        adapter = self.model(name, TEXT_CLASSIFICATION)
-        return self._run(
-            adapter,
-            list(texts),
-            keys=[digest(text) for text in texts],
-            options="",
-            compute=self.runner(adapter),
-            dump=asdict,
-            load=lambda value: Classification(**value),
-        )
+        return self._run_texts(name, TEXT_CLASSIFICATION, texts, dump=asdict, load=lambda value: Classification(**value))
 
     def embed(self, name: str, texts: Sequence[str]) -> Predictions:
-        adapter = self.model(name, TEXT_EMBEDDING)
+        return self._run_texts(
+            name, TEXT_EMBEDDING, texts, dump=lambda vector: [float(x) for x in vector], load=lambda value: value
+        )
+
+    def _run_texts(
+        self, name: str, task: str, texts: Sequence[str], dump: Callable[[Any], Any], load: Callable[[Any], Any]
+    ) -> Predictions:
+        adapter = self.model(name, task)
         return self._run(
             adapter,
             list(texts),
             keys=[digest(text) for text in texts],
             options="",
             compute=self.runner(adapter),
-            dump=lambda vector: [float(x) for x in vector],
-            load=lambda value: value,
+            dump=dump,
+            load=load,
         )
 
     def classify_images(self, name: str, images: Sequence[DecodedImage]) -> Predictions:
