@@ -112,3 +112,9 @@ class ModelAdapter(ABC):
             description=self.manifest.description,
             ready=self.ready,
         )
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most ``limit`` characters, for load errors."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

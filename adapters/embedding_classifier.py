@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import joblib
 import numpy as np
 
 from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
+from adapters.sklearn_text import load_fitted_classifier
 from adapters.text_embedding import TextEmbedder
 from serving.errors import ModelLoadError
 
@@ -47,14 +47,15 @@ class EmbeddingClassifier(ModelAdapter):
         max_length = self.options.get("max_length")
         if max_length is not None and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1):
             raise ModelLoadError(self.name, f"option max_length must be a positive integer, not {max_length!r}")
-        head = self._load_head()
+        head, labels = load_fitted_classifier(
+            self, "the head, e.g. head.joblib", "training/train_embedding_classifier.py"
+        )
         # A head fitted on another encoder's vectors would predict garbage, silently.
         expected = getattr(head, "n_features_in_", encoder.dim)
         if expected != encoder.dim:
             raise ModelLoadError(
                 self.name, f"{self.manifest.source} expects {expected} features; encoder {encoder.name!r} gives {encoder.dim}"
             )
-        labels = [str(c) for c in head.classes_]
         if self.manifest.labels and set(self.manifest.labels) != set(labels):
             raise ModelLoadError(
                 self.name, f"manifest labels {sorted(self.manifest.labels)} differ from the head's classes {sorted(labels)}"
@@ -80,31 +81,6 @@ class EmbeddingClassifier(ModelAdapter):
             raise ModelLoadError(self.name, f"encoder {name!r} is not loaded")
         return encoder
 
-    def _load_head(self) -> Any:
-        source = self.manifest.source
-        if not source:
-            raise ModelLoadError(self.name, "manifest has no source (the head, e.g. head.joblib)")
-        path = self.resolve(source)
-        if not path.is_file():
-            raise ModelLoadError(
-                self.name, f"{source} not found (train it: python training/train_embedding_classifier.py --out <folder>)"
-            )
-        try:
-            head = joblib.load(path)
-        # Unpickling fails in many ways (truncation, missing module, version skew);
-        # each means the same thing: this model cannot load.
-        except Exception as exc:
-            raise ModelLoadError(self.name, f"cannot load {source}: {type(exc).__name__}: {_one_line(exc)}") from exc
-        if not hasattr(head, "predict_proba"):
-            raise ModelLoadError(self.name, f"{source} holds a {type(head).__name__} without predict_proba")
-        try:
-            labels = [str(c) for c in head.classes_]
-        except AttributeError:
-            raise ModelLoadError(self.name, f"{source} holds a {type(head).__name__} without classes_ (not fitted?)") from None
-        if len(labels) < 2 or len(set(labels)) != len(labels):
-            raise ModelLoadError(self.name, f"{source} has classes {labels}; need two or more distinct ones")
-        return head
-
     def predict(self, batch: Sequence[str]) -> list[Classification]:
         """One ``Classification`` per text: one encoder pass and one ``predict_proba`` for the batch."""
         if self._head is None or self._encoder is None:
@@ -125,6 +101,3 @@ class EmbeddingClassifier(ModelAdapter):
         self._head = self._encoder = None
         super().unload()
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or "no detail"

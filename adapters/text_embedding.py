@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from adapters.base import TEXT_EMBEDDING, ModelAdapter
+from adapters.base import TEXT_EMBEDDING, ModelAdapter, one_line
 from serving.errors import ModelLoadError
 
 __all__ = ["TEXT_EMBEDDING", "TextEmbedder"]
@@ -72,7 +72,7 @@ class TextEmbedder(ModelAdapter):
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             model = AutoModel.from_pretrained(folder, local_files_only=True)
         except Exception as exc:  # OSError, ValueError, safetensors errors...
-            raise ModelLoadError(self.name, f"cannot load {self.manifest.source!r}: {_one_line(exc)}") from exc
+            raise ModelLoadError(self.name, f"cannot load {self.manifest.source!r}: {one_line(exc)}") from exc
         limit = int(getattr(model.config, "max_position_embeddings", max_length))
         if max_length > limit:
             raise ModelLoadError(self.name, f"option max_length {max_length} exceeds the model's {limit} positions")
@@ -92,7 +92,7 @@ class TextEmbedder(ModelAdapter):
                 folder = Path(module.get_model_path())
             except (ImportError, AttributeError) as exc:
                 raise ModelLoadError(
-                    self.name, f"{source}: needs an installed package with get_model_path() ({_one_line(exc)})"
+                    self.name, f"{source}: needs an installed package with get_model_path() ({one_line(exc)})"
                 ) from exc
         else:
             folder = self.resolve(source)
@@ -132,7 +132,3 @@ class TextEmbedder(ModelAdapter):
         self._tokenizer = self._model = None
         super().unload()
 
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
