@@ -114,14 +114,11 @@ class GunicornServer:
         return self.process.wait(timeout=timeout)
 
     def wait_for(self, condition, timeout: float, what: str):
-        """Poll ``condition()`` until it returns something truthy; fail after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = condition()
-            if value:
-                return value
-            time.sleep(0.02)  # polling a condition, bounded by the deadline
-        raise AssertionError(f"not within {timeout}s: {what}\n{self.log()[-3000:]}")
+        """``wait_for`` with the server's log tail in the failure message."""
+        try:
+            return wait_for(condition, timeout, what, interval=0.02)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log()[-3000:]}") from None
 
     def access_count(self, needle: str = "") -> int:
         """Lines of the access log so far (that contain ``needle``)."""
@@ -130,20 +127,25 @@ class GunicornServer:
         return sum(needle in line for line in self.access_log.read_text(errors="replace").splitlines())
 
     def stop(self, timeout: float = 30) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+        return stop_process(self.process, timeout)
 
     def __enter__(self) -> "GunicornServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float) -> int:
+    """SIGTERM, then SIGKILL the whole group after ``timeout`` s; the exit status."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else 0
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
@@ -188,14 +190,7 @@ class Process:
         self.process.wait()
 
     def stop(self, timeout: float = 30) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+        return stop_process(self.process, timeout)
 
     def __enter__(self):
         return self.start()
