@@ -12,9 +12,7 @@ nothing.
 from __future__ import annotations
 
 import logging
-import re
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -53,7 +51,7 @@ from serving.errors import (
     WrongTask,
 )
 from serving import metrics
-from serving.logs import ENV_ROUTE, REQUEST_ID
+from serving.logs import ENV_ROUTE, REQUEST_ID, request_id_for
 from serving.settings import Settings, load_settings
 from utils_serve import ImageLimits
 
@@ -75,7 +73,6 @@ STATUS: dict[type[ServeError], int] = {
     DeadlineExceeded: 504,
 }
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 # Request bodies of this API nest five levels at most; orjson's own bound is
@@ -201,14 +198,14 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
     @app.before_request
     def start_request() -> None:
         g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = request_id_for(request.headers.get("X-Request-ID", ""))
         g.request_id_token = REQUEST_ID.set(g.request_id)
         # The template, not the path: /v1/models/<name>/predict is one series.
         rule = request.url_rule
         g.route = rule.rule if rule is not None else "<unmatched>"
         request.environ[ENV_ROUTE] = g.route
-        metrics.IN_PROGRESS.labels(g.route).inc()
+        g.in_progress = metrics.IN_PROGRESS.labels(g.route)
+        g.in_progress.inc()
 
     install_auth(app, settings)
     install_cors(app, settings)
@@ -241,9 +238,9 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
 
     @app.teardown_request
     def end_request(error: BaseException | None) -> None:
-        route = g.get("route")
-        if route is not None:
-            metrics.IN_PROGRESS.labels(route).dec()
+        in_progress = g.get("in_progress")
+        if in_progress is not None:
+            in_progress.dec()
         token = g.get("request_id_token")
         if token is not None:
             try:

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -22,6 +24,13 @@ from gunicorn import glogging
 from pythonjsonlogger.json import JsonFormatter
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
+# A client's X-Request-ID is kept only if it is this sane; otherwise one is made.
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_for(incoming: str) -> str:
+    """The client's ``X-Request-ID`` if it is sane, else a new random id."""
+    return incoming if _CLIENT_REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 # WSGI environ keys the app fills for the access line.
 ENV_ROUTE = "serve.route"

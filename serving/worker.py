@@ -20,17 +20,16 @@ unbounded behaviour.
 from __future__ import annotations
 
 import threading
-import uuid
 from concurrent import futures
 
 import orjson
 from gunicorn.workers import gthread
 
 from serving import metrics
+from serving.logs import request_id_for
 
 # A body larger than this is not drained before the 503: the connection is cut.
 _DRAIN_LIMIT = 1024 * 1024
-_REQUEST_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
 BACKLOG_ROUTE = "<worker backlog>"
 
 
@@ -98,7 +97,7 @@ class SheddingThreadWorker(gthread.ThreadWorker):
 
     def _answer(self, request, waiting: int) -> bytes:
         incoming = next((value for name, value in request.headers if name == "X-REQUEST-ID"), "")
-        request_id = incoming if 0 < len(incoming) <= 128 and set(incoming) <= _REQUEST_ID_CHARS else uuid.uuid4().hex
+        request_id = request_id_for(incoming)
         body = orjson.dumps(
             {
                 "error": {
