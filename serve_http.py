@@ -49,6 +49,7 @@ from serving.errors import (
     UnsupportedMediaType,
     ValidationFailed,
     WrongTask,
+    error_body,
 )
 from serving import metrics
 from serving.logs import ENV_ROUTE, REQUEST_ID, request_id_for
@@ -133,15 +134,7 @@ def status_of(error: ServeError) -> int:
 
 
 def error_response(status: int, code: str, message: str, details: Any = None):
-    body = {
-        "error": {
-            "code": code,
-            "message": message,
-            "details": details,
-            "request_id": getattr(g, "request_id", ""),
-        }
-    }
-    response = jsonify(body)
+    response = jsonify(error_body(code, message, details, getattr(g, "request_id", "")))
     response.status_code = status
     return response
 

@@ -118,3 +118,8 @@ class StreamingUnavailable(NotReady):
     """This worker class cannot hold a WebSocket (Gunicorn's sync worker)."""
 
     code = "streaming_unavailable"
+
+
+def error_body(code: str, message: str, details: Any, request_id: str) -> dict[str, Any]:
+    """The one JSON shape of every error answer."""
+    return {"error": {"code": code, "message": message, "details": details, "request_id": request_id}}

@@ -26,6 +26,7 @@ import orjson
 from gunicorn.workers import gthread
 
 from serving import metrics
+from serving.errors import Overloaded, error_body
 from serving.logs import request_id_for
 
 # A body larger than this is not drained before the 503: the connection is cut.
@@ -99,14 +100,12 @@ class SheddingThreadWorker(gthread.ThreadWorker):
         incoming = next((value for name, value in request.headers if name == "X-REQUEST-ID"), "")
         request_id = request_id_for(incoming)
         body = orjson.dumps(
-            {
-                "error": {
-                    "code": "overloaded",
-                    "message": "the server is busy; try again shortly",
-                    "details": {"waiting": waiting, "limit": self.backlog},
-                    "request_id": request_id,
-                }
-            }
+            error_body(
+                Overloaded.code,
+                "the server is busy; try again shortly",
+                {"waiting": waiting, "limit": self.backlog},
+                request_id,
+            )
         )
         head = (
             "HTTP/1.1 503 Service Unavailable\r\n"
