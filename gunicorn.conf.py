@@ -38,6 +38,7 @@ workers = _settings.workers
 threads = _settings.threads
 # gthread with a bounded backlog (serving/worker.py); other classes as named.
 SheddingThreadWorker.backlog = _settings.worker_backlog
+SheddingThreadWorker.accept_delay = _settings.worker_accept_delay_ms / 1000
 worker_class = "serving.worker.SheddingThreadWorker" if _settings.worker_class == "gthread" else _settings.worker_class
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout

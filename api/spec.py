@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Flask
+from flask import Flask, make_response
 from flask_pydantic_spec import FlaskPydanticSpec, Response
 from flask_pydantic_spec.flask_backend import FlaskBackend
 from pydantic import ValidationError
@@ -42,6 +42,13 @@ class _Backend(FlaskBackend):
     """Validation failures become the service's errors before the library builds
     its own answer: it serialises the offending input, which fails (a 500) on
     bytes that are not UTF-8 or integers beyond 64 bits."""
+
+    def validate(self, func, query, body, headers, cookies, resp, before, after, *args, **kwargs):
+        # A route that declares no input (GET /healthz, /readyz ...) has nothing to
+        # validate: skip parsing query, headers and cookies into empty models.
+        if query is None and headers is None and cookies is None and getattr(body, "model", None) is None:
+            return make_response(func(*args, **kwargs))
+        return super().validate(func, query, body, headers, cookies, resp, before, after, *args, **kwargs)
 
     def request_validation(self, request, query, body, headers, cookies) -> None:
         try:

@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Requests a gthread worker lets wait for a free thread; the next gets 503 at once (0: no bound).",
     )
+    worker_accept_delay_ms: float = Field(
+        5.0,
+        ge=0,
+        description="A gthread worker holding THREADS connections leaves a new one this long for a less busy worker (0: take it at once).",
+    )
     timeout: int = _process_knob("TIMEOUT", 60, "Seconds a silent worker lives before it is killed and replaced.", gt=0)
     graceful_timeout: int = _process_knob(
         "GRACEFUL_TIMEOUT", 30, "Seconds in-flight requests get to finish on shutdown.", gt=0

@@ -13,13 +13,22 @@ connection is closed (so a client that retries may land on a less busy worker).
 It reads the request first: closing a socket with unread bytes would make the
 client see a reset instead of the 503.
 
-``WORKER_CLASS=gthread`` selects it (``gunicorn.conf.py``); 0 keeps Gunicorn's
-unbounded behaviour.
+It also spreads connections over the workers. All workers wait on the same
+listening socket and Gunicorn's gthread worker accepts whatever it is woken
+for, busy or not (benoitc/gunicorn#3433): a burst of keep-alive clients often
+lands on one worker while the others idle, and stays there. This worker, once it
+holds ``THREADS`` connections, stops accepting for ``SERVE_WORKER_ACCEPT_DELAY_MS``
+so that a worker with room takes the connection; if none does by then, it takes
+one itself and pauses again. The delay is paid only when every worker is busy.
+
+``WORKER_CLASS=gthread`` selects it (``gunicorn.conf.py``); a backlog of 0 keeps
+Gunicorn's unbounded queue, a delay of 0 its accept-at-once.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 
 import orjson
@@ -38,12 +47,41 @@ class SheddingThreadWorker(gthread.ThreadWorker):
     """gthread with at most ``backlog`` requests waiting for a thread."""
 
     backlog = 0  # set by gunicorn.conf.py from SERVE_WORKER_BACKLOG
+    accept_delay = 0.0  # seconds, from SERVE_WORKER_ACCEPT_DELAY_MS
 
     def init_process(self) -> None:
+        self._accept_paused_until = 0.0  # monotonic time; 0 when not paused
         self._waiting = 0
         self._waiting_lock = threading.Lock()
         self._rejecter = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shed")
         super().init_process()
+
+    # --- spreading connections over the workers ------------------------------------
+
+    def accept(self, listener) -> None:
+        # Runs on the main thread when the listening socket is readable.
+        if self.accept_delay and self.nr_conns >= self.cfg.threads and not self._accept_paused_until:
+            # Busy: leave the connection queued in the kernel for another worker.
+            self._accept_paused_until = time.monotonic() + self.accept_delay
+            super().set_accept_enabled(False)
+            return
+        # Not busy, or paused once already and no other worker took it: take one.
+        self._accept_paused_until = 0.0
+        super().accept(listener)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # Gunicorn's loop re-enables accepting on every turn; not while paused.
+        if enabled and time.monotonic() < self._accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self._accept_paused_until:
+            # Wake up when the pause ends, so the loop can take the connection.
+            timeout = max(0.0, min(timeout, self._accept_paused_until - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
+
+    # --- the bounded backlog -------------------------------------------------------
 
     def enqueue_req(self, conn) -> None:
         # Runs on the worker's main thread, once per request about to be handled.

@@ -1,10 +1,14 @@
-"""The gthread worker's bounded backlog (serving/worker.py) against a real Gunicorn."""
+"""The gthread worker (serving/worker.py) against a real Gunicorn: its bounded
+backlog, and how it leaves new connections to less busy workers."""
 
 from __future__ import annotations
 
+import http.client
 import shutil
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -69,3 +73,81 @@ def test_a_full_backlog_answers_503_at_once_and_the_admitted_requests_still_fini
         assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
         metrics = requests.get(server.url + "/metrics", timeout=10).text
         assert 'serve_http_rejected_requests_total{reason="overloaded",route="<worker backlog>"} 4.0' in metrics
+
+
+def _hold_model(server: GunicornServer, gate: Path) -> http.client.HTTPConnection:
+    """A request held inside the faulty model until the gate opens (its worker's one thread is busy)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/classify", body=f'{{"text": "gate:{gate}", "model": "faulty"}}',
+                 headers={"Content-Type": "application/json"})
+    server.wait_for(lambda: (gate / "entered").exists(), 30, "the held request to enter the model")
+    return conn
+
+
+def test_a_busy_worker_leaves_new_connections_to_an_idle_one(tmp_path):
+    repo = tmp_path / "models"
+    write_faulty_model_folder(repo)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # One thread per worker and a delay far longer than any answer: a connection
+    # the busy worker took would wait for the gate, and time the request out.
+    env = {"SERVE_MODEL_REPOSITORY": str(repo), "WORKERS": "2", "THREADS": "1",
+           "SERVE_WORKER_ACCEPT_DELAY_MS": "5000", "SERVE_CACHE_BACKEND": "none"}
+    with GunicornServer(tmp_path, env=env) as server:
+        server.wait_for(lambda: server.log().count("compute thread(s)") == 2, 30, "both workers to start")
+        held = _hold_model(server, gate)
+        try:
+            for i in range(20):  # a new connection each: each is accepted anew
+                assert _get_until_closed(server.port, "/healthz").startswith(b"HTTP/1.1 200 "), i
+        finally:
+            (gate / "release").touch()
+        response = held.getresponse()
+        assert response.status == 200
+        held.close()
+    pids = {record["pid"] for record in server.access_records() if record["path"] == "/healthz"}
+    held_pid = next(record["pid"] for record in server.access_records() if record["path"] == "/v1/classify")
+    assert held_pid not in pids and len(pids) == 1
+
+
+def test_when_every_worker_is_busy_a_new_connection_is_taken_after_the_delay(tmp_path):
+    repo = tmp_path / "models"
+    write_faulty_model_folder(repo)
+    env = {"SERVE_MODEL_REPOSITORY": str(repo), "WORKERS": "1", "THREADS": "2",
+           "SERVE_WORKER_ACCEPT_DELAY_MS": "400", "SERVE_CACHE_BACKEND": "none", "KEEPALIVE": "30"}
+    with GunicornServer(tmp_path, env=env) as server:
+        # Two idle keep-alive connections: the one worker holds THREADS connections.
+        idle = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10) for _ in range(2)]
+        for conn in idle:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read()
+        started = time.monotonic()
+        r = requests.get(server.url + "/healthz", headers={"Connection": "close"}, timeout=10)
+        waited = time.monotonic() - started
+        assert r.status_code == 200
+        assert 0.4 <= waited < 5, waited
+        # The kept connections still work, and a connection closed frees room: no delay then.
+        for conn in idle:
+            conn.request("GET", "/healthz")
+            response = conn.getresponse()
+            assert response.status == 200 and response.read()
+            conn.close()
+        server.wait_for(lambda: _answers_within(server, 0.3), 10, "an undelayed answer once the connections closed")
+    print(f"\nbusy worker took the connection after {waited * 1000:.0f} ms (delay 400 ms)")
+
+
+def _get_until_closed(port: int, path: str) -> bytes:
+    """GET on a new connection, read until the server closes it: by then the
+    server no longer counts the connection, so the next one meets an idle worker."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def _answers_within(server: GunicornServer, seconds: float) -> bool:
+    started = time.monotonic()
+    r = requests.get(server.url + "/healthz", headers={"Connection": "close"}, timeout=10)
+    return r.status_code == 200 and time.monotonic() - started < seconds
