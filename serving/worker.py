@@ -60,12 +60,15 @@ class SheddingThreadWorker(gthread.ThreadWorker):
 
     def accept(self, listener) -> None:
         # Runs on the main thread when the listening socket is readable.
-        if self.accept_delay and self.nr_conns >= self.cfg.threads and not self._accept_paused_until:
-            # Busy: leave the connection queued in the kernel for another worker.
-            self._accept_paused_until = time.monotonic() + self.accept_delay
-            super().set_accept_enabled(False)
-            return
-        # Not busy, or paused once already and no other worker took it: take one.
+        if self.accept_delay and self.nr_conns >= self.cfg.threads:
+            now, paused_until = time.monotonic(), self._accept_paused_until
+            if not paused_until or now > paused_until + self.accept_delay:
+                # Busy and not paused just now: leave the connection queued in
+                # the kernel for another worker, and look again after the delay.
+                self._accept_paused_until = now + self.accept_delay
+                super().set_accept_enabled(False)
+                return
+        # Not busy, or the pause just ended and no other worker took it: take one.
         self._accept_paused_until = 0.0
         super().accept(listener)
 
@@ -76,9 +79,9 @@ class SheddingThreadWorker(gthread.ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        if self._accept_paused_until:
-            # Wake up when the pause ends, so the loop can take the connection.
-            timeout = max(0.0, min(timeout, self._accept_paused_until - time.monotonic()))
+        left = self._accept_paused_until - time.monotonic()
+        if left > 0:  # wake up when the pause ends, so the loop accepts again
+            timeout = min(timeout, left)
         super().wait_for_and_dispatch_events(timeout)
 
     # --- the bounded backlog -------------------------------------------------------

@@ -4,6 +4,7 @@ backlog, and how it leaves new connections to less busy workers."""
 from __future__ import annotations
 
 import http.client
+import os
 import shutil
 import socket
 import time
@@ -89,16 +90,22 @@ def test_a_busy_worker_leaves_new_connections_to_an_idle_one(tmp_path):
     write_faulty_model_folder(repo)
     gate = tmp_path / "gate"
     gate.mkdir()
-    # One thread per worker and a delay far longer than any answer: a connection
-    # the busy worker took would wait for the gate, and time the request out.
+    # One thread per worker and a delay far longer than an answer takes: a
+    # connection the busy worker took would wait for the gate, past the timeout.
     env = {"SERVE_MODEL_REPOSITORY": str(repo), "WORKERS": "2", "THREADS": "1",
-           "SERVE_WORKER_ACCEPT_DELAY_MS": "5000", "SERVE_CACHE_BACKEND": "none"}
+           "SERVE_WORKER_ACCEPT_DELAY_MS": "1000", "SERVE_CACHE_BACKEND": "none"}
     with GunicornServer(tmp_path, env=env) as server:
         server.wait_for(lambda: server.log().count("compute thread(s)") == 2, 30, "both workers to start")
         held = _hold_model(server, gate)
         try:
             for i in range(20):  # a new connection each: each is accepted anew
                 assert _get_until_closed(server.port, "/healthz").startswith(b"HTTP/1.1 200 "), i
+            # The busy worker paused; when its pause ends with nothing left to
+            # accept, it sleeps in its poll again, as does the other.
+            workers = server.worker_pids()
+            before = sum(_cpu_seconds(pid) for pid in workers)
+            time.sleep(2.0)  # a window to measure CPU in (the last pause ends inside it)
+            assert sum(_cpu_seconds(pid) for pid in workers) - before < 0.3, "a worker spins while idle"
         finally:
             (gate / "release").touch()
         response = held.getresponse()
@@ -126,6 +133,11 @@ def test_when_every_worker_is_busy_a_new_connection_is_taken_after_the_delay(tmp
         waited = time.monotonic() - started
         assert r.status_code == 200
         assert 0.4 <= waited < 5, waited
+        # Once the pause is over and nothing waits, the idle worker sleeps in its poll.
+        (worker,) = server.worker_pids()
+        before = _cpu_seconds(worker)
+        time.sleep(1.0)  # a window to measure CPU in, not a synchronisation
+        assert _cpu_seconds(worker) - before < 0.2, "the worker spins while idle"
         # The kept connections still work, and a connection closed frees room: no delay then.
         for conn in idle:
             conn.request("GET", "/healthz")
@@ -145,6 +157,11 @@ def _get_until_closed(port: int, path: str) -> bytes:
         while chunk := sock.recv(65536):
             answer += chunk
     return answer
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _answers_within(server: GunicornServer, seconds: float) -> bool:
