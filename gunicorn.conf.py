@@ -39,6 +39,7 @@ threads = _settings.threads
 # gthread with a bounded backlog (serving/worker.py); other classes as named.
 SheddingThreadWorker.backlog = _settings.worker_backlog
 SheddingThreadWorker.accept_delay = _settings.worker_accept_delay_ms / 1000
+SheddingThreadWorker.max_wait = _settings.worker_max_wait_ms / 1000
 worker_class = "serving.worker.SheddingThreadWorker" if _settings.worker_class == "gthread" else _settings.worker_class
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout

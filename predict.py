@@ -284,6 +284,7 @@ class Predictor:
                             max_batch_size=spec.max_batch_size,
                             max_wait_ms=spec.max_wait_ms,
                             max_queue=spec.max_queue,
+                            max_queue_wait_ms=spec.max_queue_wait_ms,
                             timeout_ms=self.timeout * 1000,
                         )
                         run = MicroBatcher(adapter.predict, config, adapter.name, observer).submit

@@ -42,6 +42,12 @@ class Batching(BaseModel):
         0.0, ge=0, le=1000, description="How long the first queued input waits for company; 0 takes what is queued."
     )
     max_queue: int = Field(256, ge=1, description="Inputs queued per worker before requests get 503.")
+    max_queue_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="503 at once for a request that would wait longer than this for the model, "
+        "predicted from recent calls; 0: no bound in time.",
+    )
 
 
 class Manifest(BaseModel):

@@ -9,6 +9,11 @@ results. Independent of Flask and of models: it batches any
 - The queue is bounded (``max_queue`` inputs): past it ``submit`` raises
   ``Overloaded`` at once, so an overloaded worker sheds load instead of queueing
   work it will finish too late.
+- It is also bounded in time (``max_queue_wait_ms``): a request whose inputs
+  would wait longer than that behind the inputs queued and running, at the
+  seconds per input recent model calls took (under whatever else shares the
+  cores), is refused at once. The answers it admits stay close to the model's
+  own latency, and the rest get a fast 503 instead of a late 200.
 - Each request has a deadline; one whose deadline passes while it is queued is
   dropped, never computed, and its caller gets ``DeadlineExceeded``.
 - If a batched call fails, each request of the batch is retried on its own, so
@@ -36,6 +41,8 @@ R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
+_SMOOTHING = 0.25  # weight of the newest model call in seconds_per_input
+
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -43,6 +50,7 @@ class BatchConfig:
     max_wait_ms: float = 5.0
     max_queue: int = 256
     timeout_ms: float = 30_000.0
+    max_queue_wait_ms: float = 0.0  # 0: no bound in time
 
 
 class BatchObserver(Protocol):
@@ -88,13 +96,17 @@ class MicroBatcher(Generic[T, R]):
         config: BatchConfig,
         name: str = "model",
         observer: BatchObserver | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.fn = fn
         self.config = config
         self.name = name
         self.observer = observer or _Unobserved()
+        self.clock = clock  # times model calls; tests pass their own
         self._queue: deque[_Pending] = deque()
         self._queued_items = 0
+        self._running_items = 0  # inputs of the model call under way
+        self.seconds_per_input = 0.0  # moving average over recent calls; 0 until the first
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -122,6 +134,12 @@ class MicroBatcher(Generic[T, R]):
                 raise Overloaded(
                     f"model {self.name!r} has {self._queued_items} inputs queued; try again shortly",
                     details={"queued": self._queued_items, "limit": self.config.max_queue},
+                )
+            wait_ms = (self._queued_items + self._running_items) * self.seconds_per_input * 1000
+            if self.config.max_queue_wait_ms and wait_ms > self.config.max_queue_wait_ms:
+                raise Overloaded(
+                    f"model {self.name!r} would start on this request in about {wait_ms:.0f} ms; try again shortly",
+                    details={"expected_wait_ms": round(wait_ms), "limit_ms": self.config.max_queue_wait_ms},
                 )
             self._ensure_thread()
             self._queue.append(pending)
@@ -232,11 +250,18 @@ class MicroBatcher(Generic[T, R]):
     def _call(self, items: list[T], batch: list[_Pending]) -> Sequence[R]:
         self.batches += 1
         token = REQUEST_ID.set(",".join(p.request_id for p in batch if p.request_id))
-        started = time.perf_counter()
+        self._running_items = len(items)
+        started = self.clock()
         try:
             return self.fn(items)
         finally:
-            self.observer.model_call(len(items), time.perf_counter() - started)
+            seconds = self.clock() - started
+            self._running_items = 0
+            per_input = seconds / len(items)
+            # Recent calls weigh most: the cores' other tenants come and go.
+            previous = self.seconds_per_input
+            self.seconds_per_input = per_input if not previous else previous + _SMOOTHING * (per_input - previous)
+            self.observer.model_call(len(items), seconds)
             REQUEST_ID.reset(token)
 
 

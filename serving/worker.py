@@ -7,7 +7,9 @@ together; the model queues' own bounds (``batching.max_queue``) never fire,
 because at most ``THREADS`` requests per worker reach them.
 
 This worker counts the requests waiting for a thread. When ``SERVE_WORKER_BACKLOG``
-of them wait, the next one is answered by a separate small thread, right away:
+of them wait, or (with ``SERVE_WORKER_MAX_WAIT_MS``) when those waiting would keep
+the next one from a thread longer than that, at the recent time per request, the
+next one is answered by a separate small thread, right away:
 ``503`` with ``Retry-After: 1`` and the service's JSON error body, then the
 connection is closed (so a client that retries may land on a less busy worker).
 It reads the request first: closing a socket with unread bytes would make the
@@ -41,17 +43,21 @@ from serving.logs import request_id_for
 # A body larger than this is not drained before the 503: the connection is cut.
 _DRAIN_LIMIT = 1024 * 1024
 BACKLOG_ROUTE = "<worker backlog>"
+_SMOOTHING = 0.2  # weight of the newest request in the moving average
+_LONGEST_SAMPLE_S = 10.0  # longer "requests" (streams, uploads) say nothing of the next one
 
 
 class SheddingThreadWorker(gthread.ThreadWorker):
     """gthread with at most ``backlog`` requests waiting for a thread."""
 
     backlog = 0  # set by gunicorn.conf.py from SERVE_WORKER_BACKLOG
+    max_wait = 0.0  # seconds, from SERVE_WORKER_MAX_WAIT_MS
     accept_delay = 0.0  # seconds, from SERVE_WORKER_ACCEPT_DELAY_MS
 
     def init_process(self) -> None:
         self._accept_paused_until = 0.0  # monotonic time; 0 when not paused
         self._waiting = 0
+        self._seconds_per_request = 0.0  # moving average of the handled requests' time
         self._waiting_lock = threading.Lock()
         self._rejecter = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shed")
         super().init_process()
@@ -88,19 +94,22 @@ class SheddingThreadWorker(gthread.ThreadWorker):
 
     def enqueue_req(self, conn) -> None:
         # Runs on the worker's main thread, once per request about to be handled.
-        if self.backlog:
-            with self._waiting_lock:
-                waiting = self._waiting
-                admitted = waiting < self.backlog
-                if admitted:
-                    self._waiting += 1
-            if not admitted:
-                future = self._rejecter.submit(self._reject, conn, waiting)
-                future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
-                return
-        else:
-            with self._waiting_lock:
+        with self._waiting_lock:
+            waiting = self._waiting
+            # Requests ahead share THREADS threads, each busy about the recent
+            # time per request: roughly how long this one would wait for a thread.
+            wait_s = waiting * self._seconds_per_request / self.cfg.threads
+            if self.backlog and waiting >= self.backlog:
+                details = {"waiting": waiting, "limit": self.backlog}
+            elif self.max_wait and wait_s > self.max_wait:
+                details = {"waiting": waiting, "expected_wait_ms": round(wait_s * 1000), "limit_ms": round(self.max_wait * 1000)}
+            else:
+                details = None
                 self._waiting += 1
+        if details is not None:
+            future = self._rejecter.submit(self._reject, conn, details)
+            future.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+            return
         super().enqueue_req(conn)
 
     def handle(self, conn):
@@ -109,7 +118,18 @@ class SheddingThreadWorker(gthread.ThreadWorker):
             self._waiting -= 1
         return super().handle(conn)
 
-    def _reject(self, conn, waiting: int) -> bool:
+    def handle_request(self, req, conn):
+        # One parsed request through the app (a closed keep-alive connection never gets here).
+        started = time.monotonic()
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            seconds = time.monotonic() - started
+            if seconds < _LONGEST_SAMPLE_S:  # not a WebSocket stream or a slow upload
+                previous = self._seconds_per_request
+                self._seconds_per_request = previous + _SMOOTHING * (seconds - previous) if previous else seconds
+
+    def _reject(self, conn, details: dict) -> bool:
         """Read the request, answer 503, close. Never raises: a failure only closes."""
         try:
             if not conn.initialized and not conn.data_ready and not conn.wait_for_data(1.0):
@@ -130,21 +150,21 @@ class SheddingThreadWorker(gthread.ThreadWorker):
                 if not chunk:
                     break
                 drained += len(chunk)
-            conn.sock.sendall(self._answer(request, waiting))
+            conn.sock.sendall(self._answer(request, details))
             metrics.REJECTED.labels(BACKLOG_ROUTE, "overloaded").inc()
             metrics.REQUESTS.labels(BACKLOG_ROUTE, request.method, "5xx").inc()
         except Exception:  # noqa: BLE001 - a client that vanished; nothing to answer
             self.log.debug("could not answer a shed request", exc_info=True)
         return False
 
-    def _answer(self, request, waiting: int) -> bytes:
+    def _answer(self, request, details: dict) -> bytes:
         incoming = next((value for name, value in request.headers if name == "X-REQUEST-ID"), "")
         request_id = request_id_for(incoming)
         body = orjson.dumps(
             error_body(
                 Overloaded.code,
                 "the server is busy; try again shortly",
-                {"waiting": waiting, "limit": self.backlog},
+                details,
                 request_id,
             )
         )

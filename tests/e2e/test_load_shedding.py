@@ -168,3 +168,40 @@ def _answers_within(server: GunicornServer, seconds: float) -> bool:
     started = time.monotonic()
     r = requests.get(server.url + "/healthz", headers={"Connection": "close"}, timeout=10)
     return r.status_code == 200 and time.monotonic() - started < seconds
+
+
+def test_a_request_that_would_wait_too_long_for_a_thread_is_refused_at_once(tmp_path):
+    repo = tmp_path / "models"
+    (repo / "slow").mkdir(parents=True)
+    (repo / "slow" / "model.yaml").write_text(
+        'task: text-classification\nadapter: "tests.slow_adapter:SlowClassifier"\nversion: "1"\n'
+    )
+    calls = tmp_path / "calls.log"
+    env = {"SERVE_MODEL_REPOSITORY": str(repo), "WORKERS": "1", "THREADS": "1", "SERVE_CACHE_BACKEND": "none",
+           "SERVE_WORKER_MAX_WAIT_MS": "100", "SERVE_WORKER_ACCEPT_DELAY_MS": "0", "SLOW_ADAPTER_LOG": str(calls)}
+
+    def classify(text: str) -> tuple[requests.Response, float]:
+        started = time.monotonic()
+        r = requests.post(server.url + "/v1/classify", json={"text": text, "model": "slow"}, timeout=60)
+        return r, time.monotonic() - started
+
+    with GunicornServer(tmp_path, env=env) as server:
+        # Requests of 0.25 s each: the worker learns its time per request
+        # (at least 0.25 x (1 - 0.8^4) = 0.15 s after four of them).
+        for _ in range(4):
+            assert classify("sleep:0.25")[0].status_code == 200
+        with ThreadPoolExecutor(3) as pool:
+            holder = pool.submit(classify, "sleep:3")
+            server.wait_for(lambda: calls.exists() and "3.0" in calls.read_text(), 10, "the long request to start")
+            # The one thread is busy: the first of these waits for it, the second
+            # would wait behind the first (about 0.15 s or more > 100 ms).
+            pair = [pool.submit(classify, "quick"), pool.submit(classify, "quick")]
+            answers = [f.result(timeout=60) for f in pair]
+            assert holder.result(timeout=60)[0].status_code == 200
+    statuses = sorted(r.status_code for r, _ in answers)
+    assert statuses == [200, 503], statuses
+    refused, seconds = next((r, s) for r, s in answers if r.status_code == 503)
+    assert seconds < 1.0  # at once, not after the long request
+    assert refused.headers["Retry-After"] == "1"
+    details = refused.json()["error"]["details"]
+    assert details["waiting"] == 1 and details["limit_ms"] == 100 and details["expected_wait_ms"] >= 150

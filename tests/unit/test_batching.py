@@ -116,6 +116,55 @@ def test_full_queue_sheds_at_once():
     assert batcher.submit([4]) == [40]  # room again
 
 
+class TimedModel:
+    """Every input takes 50 ms of a fake clock; once ``hold`` is set, calls wait
+    for ``release``, so tests fill the queue while the model computes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.hold = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, items):
+        self.now += 0.05 * len(items)
+        if self.hold:
+            self.entered.set()
+            assert self.release.wait(10)
+        return [x * 10 for x in items]
+
+
+def test_a_request_that_would_wait_too_long_is_refused_at_once():
+    model = TimedModel()
+    config = BatchConfig(max_batch_size=1, max_queue=100, max_queue_wait_ms=120)
+    batcher = MicroBatcher(model, config, name="m", clock=model.clock)
+    assert batcher.submit([1]) == [10]
+    assert batcher.seconds_per_input == pytest.approx(0.05)
+    model.hold = True
+    with ThreadPoolExecutor(4) as pool:
+        running = pool.submit(batcher.submit, [2])
+        assert model.entered.wait(5)
+        # 1 input running, then 1 and 2 queued: 50 and 100 ms of waiting, admitted.
+        first = pool.submit(batcher.submit, [3])
+        wait_until_queued(batcher, 1)
+        second = pool.submit(batcher.submit, [4])
+        wait_until_queued(batcher, 2)
+        # 3 inputs ahead: 150 ms > 120 ms.
+        with pytest.raises(Overloaded) as info:
+            batcher.submit([5])
+        assert info.value.details == {"expected_wait_ms": 150, "limit_ms": 120}
+        assert batcher.queued == 2  # the refused request left nothing behind
+        model.release.set()
+        assert [f.result(5) for f in (running, first, second)] == [[20], [30], [40]]
+    # An idle model admits any request, however slow its recent calls were.
+    model.hold, model.now = False, 0.0
+    batcher.seconds_per_input = 60.0
+    assert batcher.submit([6, 7]) == [60, 70]
+
+
 def test_request_whose_deadline_passes_in_the_queue_is_not_computed():
     gate = Gate()
     batcher = MicroBatcher(gate, BatchConfig(max_batch_size=4))
