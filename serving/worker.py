@@ -20,8 +20,10 @@ listening socket and Gunicorn's gthread worker accepts whatever it is woken
 for, busy or not (benoitc/gunicorn#3433): a burst of keep-alive clients often
 lands on one worker while the others idle, and stays there. This worker, once it
 holds ``THREADS`` connections, stops accepting for ``SERVE_WORKER_ACCEPT_DELAY_MS``
-so that a worker with room takes the connection; if none does by then, it takes
-one itself and pauses again. The delay is paid only when every worker is busy.
+so that a worker with room takes the connection; when the pause ends it takes
+every connection still waiting (no other worker had room), and the next one
+that comes while it is busy starts another pause. New connections are delayed
+only when every worker is busy, and by one pause at most.
 
 ``WORKER_CLASS=gthread`` selects it (``gunicorn.conf.py``); a backlog of 0 keeps
 Gunicorn's unbounded queue, a delay of 0 its accept-at-once.
@@ -44,6 +46,7 @@ from serving.logs import request_id_for
 _DRAIN_LIMIT = 1024 * 1024
 BACKLOG_ROUTE = "<worker backlog>"
 _SMOOTHING = 0.2  # weight of the newest request in the moving average
+_ACCEPT_AT_ONCE = 64  # connections taken in one go after a pause
 _LONGEST_SAMPLE_S = 10.0  # longer "requests" (streams, uploads) say nothing of the next one
 
 
@@ -67,15 +70,10 @@ class SheddingThreadWorker(gthread.ThreadWorker):
     def accept(self, listener) -> None:
         # Runs on the main thread when the listening socket is readable.
         if self.accept_delay and self.nr_conns >= self.cfg.threads:
-            now, paused_until = time.monotonic(), self._accept_paused_until
-            if not paused_until or now > paused_until + self.accept_delay:
-                # Busy and not paused just now: leave the connection queued in
-                # the kernel for another worker, and look again after the delay.
-                self._accept_paused_until = now + self.accept_delay
-                super().set_accept_enabled(False)
-                return
-        # Not busy, or the pause just ended and no other worker took it: take one.
-        self._accept_paused_until = 0.0
+            # Busy: leave the connection queued in the kernel for another worker.
+            self._accept_paused_until = time.monotonic() + self.accept_delay
+            super().set_accept_enabled(False)
+            return
         super().accept(listener)
 
     def set_accept_enabled(self, enabled: bool) -> None:
@@ -85,10 +83,25 @@ class SheddingThreadWorker(gthread.ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        left = self._accept_paused_until - time.monotonic()
-        if left > 0:  # wake up when the pause ends, so the loop accepts again
-            timeout = min(timeout, left)
+        if self._accept_paused_until:
+            left = self._accept_paused_until - time.monotonic()
+            if left > 0:  # wake up when the pause ends
+                timeout = min(timeout, left)
+            else:
+                # What still waits now, no other worker took during the pause:
+                # all are busy. Take it all (each gets an answer or a fast 503).
+                self._accept_paused_until = 0.0
+                for listener in self.sockets:
+                    self._accept_waiting(listener)
         super().wait_for_and_dispatch_events(timeout)
+
+    def _accept_waiting(self, listener) -> None:
+        listener.setblocking(False)  # an empty queue must not block the main thread
+        for _ in range(_ACCEPT_AT_ONCE):
+            before = self.nr_conns
+            super().accept(listener)  # Gunicorn's: one connection, or none when none waits
+            if self.nr_conns == before:
+                return
 
     # --- the bounded backlog -------------------------------------------------------
 
