@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import sklearn
 
 from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
-from adapters.sklearn_text import load_fitted_classifier
+from adapters.sklearn_text import TRUSTED_INPUT, load_fitted_classifier
 from adapters.text_embedding import TextEmbedder
 from serving.errors import ModelLoadError
 
@@ -89,7 +90,8 @@ class EmbeddingClassifier(ModelAdapter):
         if not texts:
             return []
         vectors = self._encoder.encode(texts, max_length=self._max_length)
-        probabilities = np.asarray(self._head.predict_proba(vectors), dtype=float)
+        with sklearn.config_context(**TRUSTED_INPUT):
+            probabilities = np.asarray(self._head.predict_proba(vectors), dtype=float)
         labels = self.labels
         return [
             Classification(label=labels[i], scores={label: float(p) for label, p in zip(labels, row)})
