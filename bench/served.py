@@ -24,6 +24,8 @@ CONCURRENCIES = (1, 16, 64)
 # without bound (and past the box's ports); requests over the cap wait for a
 # connection, their latency still counted from their planned send time.
 MAX_CONNECTIONS = 2000
+# An overload run counts only if the generator sent at least this share of the offered rate.
+GENERATOR_KEEPS_UP = 0.9
 
 
 def median_wrk(results: list[WrkResult]) -> WrkResult:
@@ -209,18 +211,25 @@ def section_overload(
             runs.append(result.summary())
             log(f"overload #{rep + 1} {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in runs[-1].items()))
         med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        # Latencies count from each request's planned send time: when the generator
+        # itself falls behind (it shares the cores with the server), they measure
+        # the generator, and the row says so instead of quoting them as the server's.
+        measured = med["sent_rps"] >= GENERATOR_KEEPS_UP * offered
+        caveat = "" if measured else (
+            f"NOT MEASURED: the load generator sent {rate(med['sent_rps'])} of the {rate(offered)} offered · "
+        )
         state.table.add(
             "7 overload", f"{name} 4x: accepted p99",
-            f"offered {rate(offered)}, sent {rate(med['sent_rps'])} (send lag p99 {ms(med['lag_p99_ms'])} ms)"
+            caveat + f"offered {rate(offered)}, sent {rate(med['sent_rps'])} (send lag p99 {ms(med['lag_p99_ms'])} ms)"
             f" · accepted p50 {ms(med['accepted_p50_ms'])} p99 {ms(med['accepted_p99_ms'])} ms"
             f" vs unloaded (c1) p99 {ms(unloaded_p99)} ms",
-            ratio(med["accepted_p99_ms"], unloaded_p99), Target("<=", 3.0),
+            ratio(med["accepted_p99_ms"], unloaded_p99) if measured else None, Target("<=", 3.0),
         )
         state.table.add(
             "7 overload", f"{name} 4x: time to 503",
-            f"503 for {med['share_503']:.0%}, unanswered in {cfg.grace_s:g}s {med['share_unanswered']:.0%},"
+            caveat + f"503 for {med['share_503']:.0%}, unanswered in {cfg.grace_s:g}s {med['share_unanswered']:.0%},"
             f" other errors {med['share_other']:.0%} · p99 of the 503s",
-            med["rejected_p99_ms"], Target("<=", 50.0, "ms"),
+            med["rejected_p99_ms"] if measured else None, Target("<=", 50.0, "ms"),
         )
         state.table.data.setdefault("overload", {})[name] = runs
 
