@@ -34,7 +34,7 @@ def _process_knob(name: str, default, description: str, **constraints):
 
 def default_workers() -> int:
     """One worker per core: measured faster for CPU-bound models than the design
-    card's 2 x cores + 1 (README, "Workers and threads"), which stays one setting away."""
+    card's 2 x cores + 1 (README, "Workers, threads and load shedding"), which stays one setting away."""
     return os.cpu_count() or 1
 
 

@@ -51,7 +51,7 @@ _LONGEST_SAMPLE_S = 10.0  # longer "requests" (streams, uploads) say nothing of 
 
 
 class SheddingThreadWorker(gthread.ThreadWorker):
-    """gthread with at most ``backlog`` requests waiting for a thread."""
+    """gthread that spreads connections over the workers and bounds the requests waiting for a thread."""
 
     backlog = 0  # set by gunicorn.conf.py from SERVE_WORKER_BACKLOG
     max_wait = 0.0  # seconds, from SERVE_WORKER_MAX_WAIT_MS
