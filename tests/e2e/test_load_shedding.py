@@ -133,6 +133,14 @@ def test_when_every_worker_is_busy_a_new_connection_is_taken_after_the_delay(tmp
         waited = time.monotonic() - started
         assert r.status_code == 200
         assert 0.4 <= waited < 5, waited
+        # Ten at once: when the pause ends the worker takes all that wait, not one
+        # per pause (that would take 10 x 0.4 s).
+        started = time.monotonic()
+        with ThreadPoolExecutor(10) as pool:
+            burst = list(pool.map(lambda _: _get_until_closed(server.port, "/healthz"), range(10)))
+        burst_s = time.monotonic() - started
+        assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in burst)
+        assert burst_s < 2.0, burst_s
         # Once the pause is over and nothing waits, the idle worker sleeps in its poll.
         (worker,) = server.worker_pids()
         before = _cpu_seconds(worker)
@@ -145,7 +153,7 @@ def test_when_every_worker_is_busy_a_new_connection_is_taken_after_the_delay(tmp
             assert response.status == 200 and response.read()
             conn.close()
         server.wait_for(lambda: _answers_within(server, 0.3), 10, "an undelayed answer once the connections closed")
-    print(f"\nbusy worker took the connection after {waited * 1000:.0f} ms (delay 400 ms)")
+    print(f"\nbusy worker took the connection after {waited * 1000:.0f} ms, 10 more in {burst_s * 1000:.0f} ms (delay 400 ms)")
 
 
 def _get_until_closed(port: int, path: str) -> bytes:
