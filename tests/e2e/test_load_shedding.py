@@ -193,16 +193,19 @@ def test_a_request_that_would_wait_too_long_for_a_thread_is_refused_at_once(tmp_
         r = requests.post(server.url + "/v1/classify", json={"text": text, "model": "slow"}, timeout=60)
         return r, time.monotonic() - started
 
-    with GunicornServer(tmp_path, env=env) as server:
-        # Requests of 0.25 s each: the worker learns its time per request
-        # (at least 0.25 x (1 - 0.8^4) = 0.15 s after four of them).
-        for _ in range(4):
-            assert classify("sleep:0.25")[0].status_code == 200
+    with GunicornServer(tmp_path, env=env) as server, requests.Session() as calibration:
+        # Requests of 0.25 s each: the worker learns its time per request (at
+        # least 0.25 x (1 - 0.8^6) = 0.18 s after six of them). One kept-alive
+        # connection: a closed one would be read (its end) by the one thread,
+        # and the next request would count it as waiting ahead.
+        for _ in range(6):
+            r = calibration.post(server.url + "/v1/classify", json={"text": "sleep:0.25", "model": "slow"}, timeout=60)
+            assert r.status_code == 200
         with ThreadPoolExecutor(3) as pool:
             holder = pool.submit(classify, "sleep:3")
             server.wait_for(lambda: calls.exists() and "3.0" in calls.read_text(), 10, "the long request to start")
             # The one thread is busy: the first of these waits for it, the second
-            # would wait behind the first (about 0.15 s or more > 100 ms).
+            # would wait behind the first (about 0.18 s or more > 100 ms).
             pair = [pool.submit(classify, "quick"), pool.submit(classify, "quick")]
             answers = [f.result(timeout=60) for f in pair]
             assert holder.result(timeout=60)[0].status_code == 200
