@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1
 
-# libgomp: torch's OpenMP runtime; curl: the HEALTHCHECK.
+# libgomp: the OpenMP runtime of torch, XGBoost and LightGBM; curl: the HEALTHCHECK.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 curl \
     && rm -rf /var/lib/apt/lists/*
@@ -25,6 +25,9 @@ COPY . .
 # The model repository is built into the image, as `make models` does.
 RUN python training/train_text_classifier.py --out models/sentiment --min-accuracy 0.78 \
     && python training/train_embedding_classifier.py --out models/minilm-sentiment --min-accuracy 0.75 \
+    && python training/train_tabular.py --dataset iris --out models/iris --min-score 0.9 \
+    && python training/train_tabular.py --dataset diabetes --out models/diabetes --min-score 0.3 \
+    && python training/train_digits.py --out models/digits --min-accuracy 0.95 \
     && mkdir -p var && chown -R serve:serve var
 
 USER serve

@@ -7,6 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SENTIMENT := models/sentiment/model.joblib
 MINILM_HEAD := models/minilm-sentiment/head.joblib
+IRIS := models/iris/model.joblib
+DIABETES := models/diabetes/model.joblib
+DIGITS := models/digits/weights.pt
 
 .PHONY: install models serve worker test test-fast browser redis bench bench-jobs openapi settings-table clean
 
@@ -24,7 +27,16 @@ $(SENTIMENT): $(STAMP) training/train_text_classifier.py
 $(MINILM_HEAD): $(STAMP) $(SENTIMENT) training/train_embedding_classifier.py
 	$(BIN)/python training/train_embedding_classifier.py --out models/minilm-sentiment --min-accuracy 0.75
 
-models: $(SENTIMENT) $(MINILM_HEAD)
+$(IRIS): $(STAMP) training/train_tabular.py
+	$(BIN)/python training/train_tabular.py --dataset iris --out models/iris --min-score 0.9
+
+$(DIABETES): $(STAMP) training/train_tabular.py
+	$(BIN)/python training/train_tabular.py --dataset diabetes --out models/diabetes --min-score 0.3
+
+$(DIGITS): $(STAMP) training/train_digits.py models/digits/model.py
+	$(BIN)/python training/train_digits.py --out models/digits --min-accuracy 0.95
+
+models: $(SENTIMENT) $(MINILM_HEAD) $(IRIS) $(DIABETES) $(DIGITS)
 
 # Gunicorn and the job worker together; Ctrl-C stops both (jobs/launch.py).
 serve: models
@@ -58,11 +70,12 @@ bench: models
 bench-jobs: models redis
 	$(BIN)/python bench/jobs.py
 
-openapi: $(STAMP)
+# Each model's operation comes from its loaded task, so the models come first.
+openapi: models
 	$(BIN)/python scripts/gen_openapi.py > openapi.yml
 
 settings-table: $(STAMP)
 	$(BIN)/python scripts/sync_readme_settings.py
 
 clean:
-	rm -rf $(VENV) var models/*/model.joblib models/*/head.joblib models/*/labels.json models/*/metrics.json models/*/SHA256SUMS
+	rm -rf $(VENV) var models/*/model.joblib models/*/head.joblib models/*/weights.pt models/*/labels.json models/*/metrics.json models/*/SHA256SUMS

@@ -1,70 +1,51 @@
-"""The model layer: a registry of loaded models and the predict helpers.
+"""The model layer: a registry of loaded models and the one predict path.
 
 Knows nothing of Flask or HTTP. From a Python shell::
 
     from predict import ModelRegistry, Predictor
     registry = ModelRegistry("models")
     registry.load_all()
-    Predictor(registry).classify("sentiment", ["a warm, funny film"]).results
+    Predictor(registry).predict("sentiment", ["a warm, funny film"]).outputs()
+    Predictor(registry).predict("iris", [{"sepal length (cm)": 5.1, ...}]).results
+
+Every caller (the routes, the jobs worker, the stream) goes through
+``Predictor.predict`` (or its two halves, ``decode`` and ``run``): the model's
+task decodes each input, the prediction cache answers what it can, the
+micro-batcher runs the rest, and the task shapes the results.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from adapters.base import (
-    IMAGE_CLASSIFICATION,
-    OBJECT_DETECTION,
-    TEXT_CLASSIFICATION,
-    TEXT_EMBEDDING,
-    Classification,
-    Detection,
-    ModelAdapter,
-    ModelInfo,
-)
-from adapters.detection import DetectionOptions, postprocess
-from adapters.manifest import ADAPTERS, MANIFEST_NAME, Manifest, load_manifest, verify_checksums
+from pydantic import BaseModel
+
+from adapters.base import ModelAdapter, ModelInfo, one_line
+from adapters.loading import adapter_class
+from adapters.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_checksums
 from serving.batching import BatchConfig, MicroBatcher, run_unbatched
 from serving.cache import NullCache, PredictionCache
 from serving.errors import ModelLoadError, ModelNotFound, NotReady, WrongTask
 from serving.metrics import ModelMetrics
-from utils_serve import DecodedImage, digest
+from tasks import Decoded, Limits, Task, build_task, task_class
+from utils_serve import digest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelRegistry", "Predictor", "Predictions", "build_adapter", "load_manifest"]
-
-
-def adapter_class(spec: str) -> type[ModelAdapter]:
-    """The adapter class for a manifest's ``adapter``: a built-in name or ``module:Class``."""
-    target = ADAPTERS.get(spec, spec)
-    module_name, _, class_name = target.partition(":")
-    if not class_name:
-        raise ValueError(f"unknown adapter {spec!r}; built-in: {', '.join(sorted(ADAPTERS))}")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
-        raise ValueError(f"{target} is not a ModelAdapter")
-    return cls
+__all__ = ["ModelInputs", "ModelRegistry", "Predictor", "Predictions", "build_adapter", "load_manifest"]
 
 
 def build_adapter(manifest: Manifest, folder: Path | None = None) -> ModelAdapter:
-    """An unloaded adapter for a manifest."""
-    try:
-        cls = adapter_class(manifest.adapter)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ModelLoadError(manifest.name, f"adapter {manifest.adapter!r}: {exc}") from exc
-    if cls.task != manifest.task:
-        raise ModelLoadError(
-            manifest.name, f"adapter {manifest.adapter!r} serves {cls.task!r}, manifest says {manifest.task!r}"
-        )
-    return cls(manifest, folder or Path("."))
+    """An unloaded adapter for a manifest, after checking it can serve the manifest's task."""
+    folder = folder or Path(".")
+    cls = adapter_class(manifest.adapter, folder, manifest.name)
+    task_class(manifest, cls, folder)  # before any weights are read
+    return cls(manifest, folder)
 
 
 @dataclass(frozen=True)
@@ -84,10 +65,6 @@ class ModelState:
     reason: str | None = None
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 class ModelRegistry:
     """The models of one repository folder, by name.
 
@@ -100,6 +77,7 @@ class ModelRegistry:
         self.repository = Path(repository)
         self.names = list(names)
         self._models: dict[str, ModelAdapter] = {}
+        self._tasks: dict[str, Task] = {}
         self.failures: dict[str, LoadFailure] = {}
         self.load_seconds: dict[str, float] = {}
 
@@ -149,15 +127,19 @@ class ModelRegistry:
             raise
         except Exception as exc:  # a broken artifact must name its model
             raise ModelLoadError(name, one_line(f"{type(exc).__name__}: {exc}")) from exc
-        adapter.ready = True
+        self._bind(adapter)
         self.load_seconds[name] = time.perf_counter() - started
-        self._models[name] = adapter
         log.info("loaded model %s (%s) in %.2fs", name, manifest.adapter, self.load_seconds[name])
+
+    def _bind(self, adapter: ModelAdapter) -> None:
+        cls = task_class(adapter.manifest, type(adapter), adapter.folder)
+        self._tasks[adapter.name] = build_task(cls, adapter)
+        adapter.ready = True
+        self._models[adapter.name] = adapter
 
     def add(self, adapter: ModelAdapter) -> None:
         """Register an adapter that is already loaded (tests, notebooks)."""
-        adapter.ready = True
-        self._models[adapter.name] = adapter
+        self._bind(adapter)
 
     def get(self, name: str) -> ModelAdapter:
         adapter = self._models.get(name)
@@ -168,6 +150,11 @@ class ModelRegistry:
         if not adapter.ready:
             raise NotReady(f"model {name!r} is not loaded")
         return adapter
+
+    def task(self, name: str) -> Task:
+        """The task of a loaded model: what its inputs and outputs are."""
+        self.get(name)
+        return self._tasks[name]
 
     def __iter__(self):
         return iter(self._models.values())
@@ -239,20 +226,50 @@ def _dependency_order(manifests: dict[str, tuple[Manifest, Path]]) -> list[str]:
     return order
 
 
+@dataclass(frozen=True)
+class ModelInputs:
+    """Decoded inputs of one model with the request's parameters: what ``run`` takes."""
+
+    model: ModelAdapter
+    task: Task
+    items: list[Decoded]
+    parameters: BaseModel
+
+    def with_parameters(self, raw: BaseModel | Mapping[str, Any] | None, field: str = "parameters") -> "ModelInputs":
+        """The same inputs under other parameters (one image, several detection options)."""
+        return replace(self, parameters=self.task.parameters(raw, field))
+
+
 @dataclass
 class Predictions:
-    """Results in input order, and how many came from the cache."""
+    """Results in input order, how many came from the cache, and what they answer."""
 
     results: list[Any]
+    inputs: ModelInputs
     cached: int = 0
+
+    def outputs(self) -> list[Any]:
+        """Each result as JSON-ready data, shaped by the model's task."""
+        task, parameters = self.inputs.task, self.inputs.parameters
+        return [task.encode(r, d, parameters) for r, d in zip(self.results, self.inputs.items)]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How one model's inputs reach it: its runner and which per-item hooks apply."""
+
+    run: Callable[..., list[Any]]
+    preprocess: Callable[[Any], Any] | None
+    postprocess: Callable[[Any], Any] | None
+    finish: Callable[..., Any] | None
 
 
 class Predictor:
-    """Runs inputs through a model with the prediction cache in front of it.
+    """The one predict path: decode, cache, batch, finish, encode.
 
     Each input is cached on its own, keyed by the model's name and version, the
-    digest of the decoded input and the options, so a batch that repeats an
-    earlier input computes only what is new.
+    task's key of the decoded input and the parameters that change the result,
+    so a batch that repeats an earlier input computes only what is new.
     """
 
     def __init__(
@@ -261,37 +278,127 @@ class Predictor:
         cache: PredictionCache | None = None,
         batching: bool = True,
         timeout: float = 20.0,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.cache = cache or NullCache()
         self.batching = batching
         self.timeout = timeout
-        self._runners: dict[str, Callable[..., list[Any]]] = {}
+        self.limits = limits or Limits.defaults()
+        self._routes: dict[str, _Route] = {}
         self._metrics: dict[str, ModelMetrics] = {}
         self._lock = threading.Lock()
 
-    def runner(self, adapter: ModelAdapter) -> Callable[..., list[Any]]:
-        """How inputs reach the model: through its micro-batcher, or directly."""
-        run = self._runners.get(adapter.name)
-        if run is None:
+    def model(self, name: str, task: str | None = None) -> tuple[ModelAdapter, Task]:
+        """A loaded model and its task; ``task`` asks for that task (else 422 ``wrong_task``)."""
+        adapter = self.registry.get(name)
+        found = self.registry.task(name)
+        if task is not None and found.name != task:
+            raise WrongTask(f"model {name!r} does {found.name}, not {task}")
+        return adapter, found
+
+    def decode(
+        self,
+        name: str,
+        items: Sequence[Any],
+        parameters: BaseModel | Mapping[str, Any] | None = None,
+        *,
+        task: str | None = None,
+        field: str = "inputs[{i}]",
+    ) -> ModelInputs:
+        """Validate the parameters, then decode every input: one bad input fails
+        the request before any compute. ``field`` names input ``i`` in errors."""
+        adapter, found = self.model(name, task)
+        params = found.parameters(parameters)
+        limits = self.limits
+        decoded = [found.decode(item, params, limits, field.format(i=i)) for i, item in enumerate(items)]
+        return ModelInputs(adapter, found, decoded, params)
+
+    def predict(
+        self,
+        name: str,
+        items: Sequence[Any],
+        parameters: BaseModel | Mapping[str, Any] | None = None,
+        *,
+        task: str | None = None,
+        field: str = "inputs[{i}]",
+        cached: bool = True,
+    ) -> Predictions:
+        """Results for wire inputs of a model (``outputs()`` gives their JSON)."""
+        return self.run(self.decode(name, items, parameters, task=task, field=field), cached=cached)
+
+    def run(self, inputs: ModelInputs, *, cached: bool = True) -> Predictions:
+        """Results for decoded inputs; ``cached=False`` neither reads nor writes
+        the cache (video frames never repeat, so caching them only costs writes)."""
+        adapter, task, items, parameters = inputs.model, inputs.task, inputs.items, inputs.parameters
+        route = self._route(adapter, task)
+        if not cached:
+            return Predictions(self._compute(route, items, parameters), inputs, 0)
+        options = task.cache_options(parameters)
+        version = adapter.manifest.version
+        keys = [digest(adapter.name, version, item.key, options) for item in items]
+        results: list[Any] = [None] * len(items)
+        missing: list[int] = []
+        for i, key in enumerate(keys):
+            hit = self._cache_get(key)
+            if hit is None:
+                missing.append(i)
+            else:
+                results[i] = task.load(hit)
+        if missing:
+            computed = self._compute(route, [items[i] for i in missing], parameters)
+            for i, result in zip(missing, computed):
+                results[i] = result
+                self._cache_set(keys[i], task.dump(result))
+        if not isinstance(self.cache, NullCache):
+            self.metrics(adapter.name).cache(hits=len(items) - len(missing), misses=len(missing))
+        return Predictions(results, inputs, len(items) - len(missing))
+
+    @staticmethod
+    def _compute(route: _Route, items: list[Decoded], parameters: BaseModel) -> list[Any]:
+        values = [item.value for item in items]
+        if route.preprocess is not None:
+            values = [route.preprocess(value) for value in values]
+        results = route.run(values)
+        if route.postprocess is not None:
+            results = [route.postprocess(result) for result in results]
+        if route.finish is not None:
+            results = [route.finish(result, item, parameters) for result, item in zip(results, items)]
+        return results
+
+    def _route(self, adapter: ModelAdapter, task: Task) -> _Route:
+        route = self._routes.get(adapter.name)
+        if route is None:
             with self._lock:
-                run = self._runners.get(adapter.name)
-                if run is None:
-                    observer = self.metrics(adapter.name)
-                    if self.batching:
-                        spec = adapter.manifest.batching
-                        config = BatchConfig(
-                            max_batch_size=spec.max_batch_size,
-                            max_wait_ms=spec.max_wait_ms,
-                            max_queue=spec.max_queue,
-                            max_queue_wait_ms=spec.max_queue_wait_ms,
-                            timeout_ms=self.timeout * 1000,
-                        )
-                        run = MicroBatcher(adapter.predict, config, adapter.name, observer).submit
-                    else:
-                        run = run_unbatched(adapter.predict, observer)
-                    self._runners[adapter.name] = run
-        return run
+                route = self._routes.get(adapter.name)
+                if route is None:
+                    route = self._routes[adapter.name] = self._build_route(adapter, task)
+        return route
+
+    def _build_route(self, adapter: ModelAdapter, task: Task) -> _Route:
+        def hook(owner: Any, base: type, method: str) -> Callable[..., Any] | None:
+            # Only hooks a class overrides cost a call per item.
+            return getattr(owner, method) if getattr(type(owner), method) is not getattr(base, method) else None
+
+        observer = self.metrics(adapter.name)
+        if self.batching:
+            spec = adapter.manifest.batching
+            config = BatchConfig(
+                max_batch_size=spec.max_batch_size,
+                max_wait_ms=spec.max_wait_ms,
+                max_queue=spec.max_queue,
+                max_queue_wait_ms=spec.max_queue_wait_ms,
+                timeout_ms=self.timeout * 1000,
+            )
+            run = MicroBatcher(adapter.predict, config, adapter.name, observer).submit
+        else:
+            run = run_unbatched(adapter.predict, observer)
+        return _Route(
+            run=run,
+            preprocess=hook(adapter, ModelAdapter, "preprocess"),
+            postprocess=hook(adapter, ModelAdapter, "postprocess"),
+            finish=hook(task, Task, "finish"),
+        )
 
     def metrics(self, name: str) -> ModelMetrics:
         found = self._metrics.get(name)
@@ -300,104 +407,8 @@ class Predictor:
         return found
 
     def batcher(self, name: str) -> MicroBatcher | None:
-        run = self._runners.get(name)
-        return getattr(run, "__self__", None)
-
-    def model(self, name: str, task: str) -> ModelAdapter:
-        adapter = self.registry.get(name)
-        if adapter.task != task:
-            raise WrongTask(f"model {name!r} does {adapter.task}, not {task}")
-        return adapter
-
-    def classify(self, name: str, texts: Sequence[str]) -> Predictions:
-        return self._run_texts(name, TEXT_CLASSIFICATION, texts, dump=asdict, load=lambda value: Classification(**value))
-
-    def embed(self, name: str, texts: Sequence[str]) -> Predictions:
-        return self._run_texts(
-            name, TEXT_EMBEDDING, texts, dump=lambda vector: [float(x) for x in vector], load=lambda value: value
-        )
-
-    def _run_texts(
-        self, name: str, task: str, texts: Sequence[str], dump: Callable[[Any], Any], load: Callable[[Any], Any]
-    ) -> Predictions:
-        adapter = self.model(name, task)
-        return self._run(
-            adapter,
-            list(texts),
-            keys=[digest(text) for text in texts],
-            options="",
-            compute=self.runner(adapter),
-            dump=dump,
-            load=load,
-        )
-
-    def classify_images(self, name: str, images: Sequence[DecodedImage]) -> Predictions:
-        adapter = self.model(name, IMAGE_CLASSIFICATION)
-        run = self.runner(adapter)
-        return self._run(
-            adapter,
-            list(images),
-            keys=[item.digest for item in images],
-            options="",
-            compute=lambda batch: run([item.image for item in batch]),
-            dump=asdict,
-            load=lambda value: Classification(**value),
-        )
-
-    def detect(
-        self, name: str, images: Sequence[DecodedImage], options: DetectionOptions, cached: bool = True
-    ) -> Predictions:
-        """Objects per image; ``cached=False`` neither reads nor writes the cache
-        (video frames never repeat, so caching them only costs writes)."""
-        adapter = self.model(name, OBJECT_DETECTION)
-
-        run = self.runner(adapter)
-
-        def compute(batch: list[DecodedImage]) -> list[list[Detection]]:
-            raw = run([item.image for item in batch])
-            return [postprocess(dets, item.width, item.height, options) for dets, item in zip(raw, batch)]
-
-        return self._run(
-            adapter,
-            list(images),
-            keys=[item.digest for item in images],
-            options=json.dumps(asdict(options), sort_keys=True),
-            compute=compute,
-            dump=lambda dets: [asdict(d) for d in dets],
-            load=lambda value: [Detection(**d) for d in value],
-            cached=cached,
-        )
-
-    def _run(
-        self,
-        adapter: ModelAdapter,
-        inputs: list[Any],
-        keys: list[str],
-        options: str,
-        compute: Callable[[list[Any]], list[Any]],
-        dump: Callable[[Any], Any],
-        load: Callable[[Any], Any],
-        cached: bool = True,
-    ) -> Predictions:
-        if not cached:
-            return Predictions(results=list(compute(inputs)), cached=0)
-        cache_keys = [digest(adapter.name, adapter.manifest.version, key, options) for key in keys]
-        results: list[Any] = [None] * len(inputs)
-        missing: list[int] = []
-        for i, key in enumerate(cache_keys):
-            hit = self._cache_get(key)
-            if hit is None:
-                missing.append(i)
-            else:
-                results[i] = load(hit)
-        if missing:
-            computed = compute([inputs[i] for i in missing])
-            for i, result in zip(missing, computed):
-                results[i] = result
-                self._cache_set(cache_keys[i], dump(result))
-        if not isinstance(self.cache, NullCache):
-            self.metrics(adapter.name).cache(hits=len(inputs) - len(missing), misses=len(missing))
-        return Predictions(results=results, cached=len(inputs) - len(missing))
+        route = self._routes.get(name)
+        return getattr(route.run, "__self__", None) if route is not None else None
 
     # A cache that fails (full disk, locked database) costs speed, never an answer.
     def _cache_get(self, key: str) -> Any | None:

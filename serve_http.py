@@ -54,7 +54,7 @@ from serving.errors import (
 from serving import metrics
 from serving.logs import ENV_ROUTE, REQUEST_ID, request_id_for
 from serving.settings import Settings, load_settings
-from utils_serve import ImageLimits
+from tasks import Limits
 
 log = logging.getLogger("serve_http")
 
@@ -160,12 +160,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         settings=settings,
         registry=registry,
         predictor=Predictor(
-            registry, cache, batching=settings.batching, timeout=settings.inference_timeout_ms / 1000
-        ),
-        limits=ImageLimits(
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-            formats=tuple(settings.image_formats),
+            registry,
+            cache,
+            batching=settings.batching,
+            timeout=settings.inference_timeout_ms / 1000,
+            limits=Limits.from_settings(settings),
         ),
     )
 

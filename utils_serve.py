@@ -1,4 +1,4 @@
-"""Codecs: base64 to validated images, model outputs to JSON-ready values, hashing.
+"""Codecs: base64 to validated images, and hashing.
 
 Everything a client sends passes through here before a model sees it, so the
 limits live here: decoded size, pixel count (decompression bombs), a format
@@ -20,7 +20,6 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from adapters.base import Classification, Detection
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedFormat
 
 # A truncated upload must fail loudly, not decode as a half-grey picture.
@@ -166,35 +165,3 @@ def load_image_file(data: bytes, limits: ImageLimits) -> DecodedImage:
     if not data:
         raise InvalidInput("uploaded image is empty")
     return DecodedImage(image=open_image(data, limits), digest=digest(data))
-
-
-def detection_json(det: Detection, width: int, height: int) -> dict:
-    """One object as the canonical API shows it: pixel box and normalised box."""
-    return {
-        "label": det.label,
-        "score": round(float(det.score), 4),
-        "box": {
-            "x1": round(float(det.x1), 2),
-            "y1": round(float(det.y1), 2),
-            "x2": round(float(det.x2), 2),
-            "y2": round(float(det.y2), 2),
-        },
-        "normalizedBox": normalized_box(det, width, height),
-    }
-
-
-def normalized_box(det: Detection, width: int, height: int) -> dict:
-    """Top-left corner and size as fractions of the image size."""
-    return {
-        "x": round(float(det.x1) / width, 4),
-        "y": round(float(det.y1) / height, 4),
-        "width": round(float(det.x2 - det.x1) / width, 4),
-        "height": round(float(det.y2 - det.y1) / height, 4),
-    }
-
-
-def classification_json(result: Classification) -> dict:
-    return {
-        "category": result.label,
-        "scores": {label: round(float(p), 6) for label, p in result.scores.items()},
-    }

@@ -1,13 +1,19 @@
 """The one interface every model adapter implements.
 
 An adapter wraps one model of the repository: ``load()`` reads its artifacts,
-``predict(batch)`` maps a list of decoded inputs to a list of results in the same
-order. Adapters know nothing of HTTP or Flask and work from a Python shell::
+``predict(batch)`` maps a list of inputs to a list of results in the same
+order. Optional per-item hooks run outside the batched call: ``preprocess``
+(in the request's thread, before the batch) and ``postprocess`` (after it).
+Adapters know nothing of HTTP or Flask and work from a Python shell::
 
     from predict import load_manifest, build_adapter
     adapter = build_adapter(load_manifest("models/sentiment"))
     adapter.load()
     adapter.predict(["a warm, funny film"])
+
+What an input and a result are is the task's (``tasks/``): an adapter declares
+the registered tasks it serves (``tasks = ("text-classification",)``, or
+``task = "..."`` for one), or its own pydantic ``Input`` and ``Output`` types.
 """
 
 from __future__ import annotations
@@ -18,32 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 if TYPE_CHECKING:
-    from predict import Manifest
-
-TEXT_CLASSIFICATION = "text-classification"
-TEXT_EMBEDDING = "text-embedding"
-IMAGE_CLASSIFICATION = "image-classification"
-OBJECT_DETECTION = "object-detection"
-
-
-@dataclass(frozen=True)
-class Classification:
-    """One text's predicted label and the probability of every label."""
-
-    label: str
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One object: label, confidence in [0, 1], box corners in pixels of the upright image."""
-
-    label: str
-    score: float
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+    from adapters.manifest import Manifest
 
 
 @dataclass
@@ -62,13 +43,22 @@ class ModelInfo:
 class ModelAdapter(ABC):
     """Base class of every adapter.
 
-    Subclasses set ``task`` and implement ``load`` and ``predict``. Inputs are
-    ``str`` for text tasks and RGB ``PIL.Image.Image`` for image tasks.
-    Detection adapters return every candidate box with its score; the request's
-    thresholds, NMS and limits are applied afterwards by ``adapters.detection``.
+    Subclasses declare ``tasks`` (or ``task``, or ``Input`` and ``Output``) and
+    implement ``load`` and ``predict``. ``predict`` gets what the task decodes
+    (``str`` for text tasks, an RGB ``PIL.Image.Image`` for image tasks, a
+    tuple of feature values for tabular tasks, the validated ``Input`` for a
+    custom task), after ``preprocess``. Detection adapters return every
+    candidate box with its score; the request's thresholds, NMS and limits are
+    applied by the task (``tasks.detection``).
     """
 
-    task: ClassVar[str]
+    #: Registered tasks this adapter can serve; the manifest picks one.
+    tasks: ClassVar[tuple[str, ...]] = ()
+    #: Shorthand for an adapter of one task.
+    task: ClassVar[str | None] = None
+    #: A custom task's input and output types (pydantic models or any type pydantic validates).
+    Input: ClassVar[Any] = None
+    Output: ClassVar[Any] = None
 
     def __init__(self, manifest: "Manifest", folder: Path) -> None:
         self.manifest = manifest
@@ -77,6 +67,11 @@ class ModelAdapter(ABC):
         self.ready = False
         # Loaded adapters named in the manifest's depends_on, set by the registry before load().
         self.dependencies: dict[str, ModelAdapter] = {}
+
+    @classmethod
+    def served_tasks(cls) -> tuple[str, ...]:
+        """The registered task names this adapter class declares."""
+        return tuple(cls.tasks) or ((cls.task,) if isinstance(cls.task, str) else ())
 
     @property
     def name(self) -> str:
@@ -99,13 +94,22 @@ class ModelAdapter(ABC):
     def predict(self, batch: Sequence[Any]) -> list[Any]:
         """One result per input, in order."""
 
+    def preprocess(self, item: Any) -> Any:
+        """Per-item work before the batched call (resizing, tokenising ...); runs
+        in the request's thread, only for inputs the cache does not answer."""
+        return item
+
+    def postprocess(self, result: Any) -> Any:
+        """Per-item work on one result of the batched call."""
+        return result
+
     def unload(self) -> None:
         self.ready = False
 
     def info(self) -> ModelInfo:
         return ModelInfo(
             name=self.name,
-            task=self.task,
+            task=self.manifest.task,
             adapter=self.manifest.adapter,
             version=self.manifest.version,
             labels=list(self.labels),
@@ -114,7 +118,7 @@ class ModelAdapter(ABC):
         )
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one line of at most ``limit`` characters, for load errors."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def one_line(problem: BaseException | str, limit: int = 300) -> str:
+    """An exception (or a text) as one line of at most ``limit`` characters, for load errors."""
+    text = " ".join(str(problem).split()) or type(problem).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

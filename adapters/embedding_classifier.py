@@ -21,8 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 import sklearn
 
-from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
-from adapters.sklearn_text import TRUSTED_INPUT, load_fitted_classifier
+from adapters.base import ModelAdapter
+from adapters.sklearn_model import TRUSTED_INPUT, load_fitted_classifier
+from tasks import TEXT_CLASSIFICATION
+from tasks.results import Classification
 from adapters.text_embedding import TextEmbedder
 from serving.errors import ModelLoadError
 

@@ -46,7 +46,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from adapters.base import OBJECT_DETECTION, Detection, ModelAdapter
+from adapters.base import ModelAdapter
+from tasks import OBJECT_DETECTION
+from tasks.results import Detection
 from serving.errors import ModelLoadError
 
 if TYPE_CHECKING:

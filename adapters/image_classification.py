@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adapters.base import IMAGE_CLASSIFICATION, Classification, ModelAdapter, one_line
+from adapters.base import ModelAdapter, one_line
+from tasks import IMAGE_CLASSIFICATION
+from tasks.results import Classification
 from serving.errors import ModelLoadError
 
 __all__ = ["IMAGE_CLASSIFICATION", "EfficientNetClassifier", "imagenet_labels", "preprocess"]

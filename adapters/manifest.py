@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -20,17 +20,6 @@ from serving.errors import ModelLoadError
 
 MANIFEST_NAME = "model.yaml"
 SHA256 = r"^[0-9a-fA-F]{64}$"
-
-# Built-in adapters by short name; a manifest may also name "package.module:Class".
-ADAPTERS = {
-    "sklearn": "adapters.sklearn_text:SklearnTextClassifier",
-    "transformers-detection": "adapters.transformers_detection:TransformersDetector",
-    "haar-cascade": "adapters.haar_cascade:HaarCascadeDetector",
-    "text-embedding": "adapters.text_embedding:TextEmbedder",
-    "embedding-classifier": "adapters.embedding_classifier:EmbeddingClassifier",
-    "efficientnet": "adapters.image_classification:EfficientNetClassifier",
-}
-
 
 class Batching(BaseModel):
     """Micro-batching of one model (see serving/batching.py)."""
@@ -50,14 +39,25 @@ class Batching(BaseModel):
     )
 
 
+class FeatureSpec(BaseModel):
+    """One input column of a tabular model, as a manifest declares it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    type: Literal["number", "string"] = "number"
+    nullable: bool = Field(False, description="Whether the value may be null (missing).")
+    categories: Optional[list[str]] = Field(None, min_length=1, description="The only values a string feature takes.")
+
+
 class Manifest(BaseModel):
     """What ``model.yaml`` may say."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    task: str
-    adapter: str
+    task: str = Field(description="A built-in task, a custom task's name, or module:Class of a tasks.Task.")
+    adapter: str = Field(description="A built-in adapter, module:Class, or model:Class from the folder's model.py.")
     version: str = "1"
     source: str | None = Field(
         None, description="Weights: a path relative to the folder, a package resource, or a hub id."
@@ -72,6 +72,13 @@ class Manifest(BaseModel):
     optional: bool = Field(
         False, description="If it fails to load, serve the others and report it in /readyz instead of refusing to start."
     )
+    features: Optional[list[Union[str, FeatureSpec]]] = Field(
+        None,
+        min_length=1,
+        description="Tabular models: the input columns in order (a name is a number column); "
+        "default: read from the fitted model.",
+    )
+    example: Any = Field(None, description="One input item, shown in the API docs; checked at load.")
     checksums: dict[str, Annotated[str, StringConstraints(pattern=SHA256)]] | str | None = Field(
         None,
         description="sha256 of artifact files, {file: hex}, or the name of a sha256sum-format file "

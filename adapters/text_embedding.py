@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from adapters.base import TEXT_EMBEDDING, ModelAdapter, one_line
+from adapters.base import ModelAdapter, one_line
+from tasks import TEXT_EMBEDDING
 from serving.errors import ModelLoadError
 
 __all__ = ["TEXT_EMBEDDING", "TextEmbedder"]

@@ -25,7 +25,9 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
 
-from adapters.base import OBJECT_DETECTION, Detection, ModelAdapter
+from adapters.base import ModelAdapter, one_line
+from tasks import OBJECT_DETECTION
+from tasks.results import Detection
 from serving.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -37,11 +39,6 @@ if TYPE_CHECKING:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # COCO checkpoints keep ids of unused categories as "N/A" so the ids match COCO's.
 _PLACEHOLDER_LABELS = {"N/A", ""}
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class TransformersDetector(ModelAdapter):
@@ -98,7 +95,7 @@ class TransformersDetector(ModelAdapter):
             model = self._pretrained(AutoModelForObjectDetection, where, hub, config=config)
         except Exception as exc:  # OSError, ValueError, ImportError (e.g. a timm backbone)...
             origin = "the Hugging Face hub or cache" if hub else "its folder"
-            raise ModelLoadError(self.name, f"cannot load {self.manifest.source!r} from {origin}: {_one_line(exc)}") from exc
+            raise ModelLoadError(self.name, f"cannot load {self.manifest.source!r} from {origin}: {one_line(exc, 200)}") from exc
         model.eval()
         self.processor, self.model = processor, model
         self.id2label = {int(i): str(name) for i, name in model.config.id2label.items()}

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from flask import Blueprint, jsonify, request
 from flask_pydantic_spec import MultipartFormRequest
 
-from adapters.detection import DetectionOptions
 from api import operations as ops
 from api.context import services
 from api.schemas import (
@@ -26,7 +25,7 @@ from api.schemas import (
 )
 from api.spec import API_TITLE, API_VERSION, responses, spec
 from serving.errors import InvalidInput, UnsupportedMediaType
-from utils_serve import load_image_file, normalized_box
+from tasks.detection import normalized_box
 
 compat = Blueprint("compat", __name__)
 
@@ -51,11 +50,10 @@ def vision_detect():
 def flat_predict():
     """One base64 image with flat options -> `normalizedVertices`."""
     body: FlatPredictRequest = request.context.body
-    image = ops.decode_images([body.image], "image")[0]
-    _, results = ops.detect(None, [image], body.feature().options())
+    outcome = ops.detect(None, [body.image], body.parameters(), "image")
+    width, height = outcome.inputs.items[0].value.size
     vertices = [
-        {**normalized_box(det, image.width, image.height), "score": round(float(det.score), 4)}
-        for det in results[0]
+        {**normalized_box(det, width, height), "score": round(float(det.score), 4)} for det in outcome.results[0]
     ]
     return jsonify(normalizedVertices=vertices)
 
@@ -69,9 +67,8 @@ def flat_predict():
 def prediction():
     """`{"text"}` -> `{"category"}` with the default classifier."""
     body: PredictionRequest = request.context.body
-    ops.check_texts([body.text], "text")
-    _, results = ops.classify(None, [body.text])
-    return jsonify(category=results[0].label)
+    _, outcome = ops.classify(None, [body.text], "text")
+    return jsonify(category=outcome.results[0].label)
 
 
 @compat.post("/object-detection")
@@ -87,15 +84,15 @@ def object_detection():
     upload = request.files.get("image")
     if upload is None:
         raise InvalidInput("multipart field 'image' is missing", details={"field": "image"})
-    image = load_image_file(upload.read(services().limits.max_bytes + 1), services().limits)
-    _, results = ops.detect(None, [image], DetectionOptions())
+    data = upload.read(services().predictor.limits.image.max_bytes + 1)
+    detections = ops.detect(None, [data], None, "image").results[0]
     objects = [
         {
             "box": [round(d.x1), round(d.y1), round(d.x2), round(d.y2)],
             "label": d.label,
             "score": round(float(d.score), 4),
         }
-        for d in results[0]
+        for d in detections
     ]
     return jsonify(objects=objects)
 

@@ -8,7 +8,6 @@ from flask import current_app
 
 from predict import ModelRegistry, Predictor
 from serving.settings import Settings
-from utils_serve import ImageLimits
 
 EXTENSION = "serve_http"
 
@@ -18,7 +17,6 @@ class Services:
     settings: Settings
     registry: ModelRegistry
     predictor: Predictor
-    limits: ImageLimits
 
 
 def services() -> Services:

@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, redirect, request, send_file, url_for
 from flask_pydantic_spec import MultipartFormRequest, Response
 from werkzeug.routing import BaseConverter
 
-from adapters.base import TEXT_CLASSIFICATION, TEXT_EMBEDDING
-from api import operations as ops
 from api.context import services
-from api.schemas import ErrorResponse, Feature, JobRequest, JobStatus, JobUploadForm
+from api.schemas import ErrorResponse, JobRequest, JobStatus, JobUploadForm
 from api.spec import spec
 from jobs.records import SUCCEEDED, Job
 from jobs.service import JobService, build_service
 from jobs.uploads import read_inputs
-from serving.errors import InvalidInput, JobNotFound, UnsupportedMediaType, ValidationFailed
+from serving.errors import InvalidInput, UnsupportedMediaType
 from serving.settings import Settings
+from tasks.base import invalid
 
 JOBS_EXTENSION = "serve_http.jobs"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -122,10 +122,12 @@ def refuse_json_parts() -> None:
 def upload_job():
     """Submit a job with its inputs in a file (multipart form).
 
-    Fields: `model`, optional `parameters` (a JSON object of detection
-    options), and the file `inputs`: JSON lines (one JSON string, or an object
-    with `text` or `image`, per line) or a zip of images (its files in name
-    order; result `index` i is the i-th name). Answers as `POST /v1/jobs`.
+    Fields: `model`, optional `parameters` (a JSON object: the task's request
+    parameters), and the file `inputs`: JSON lines (one input per line, as the
+    predict route takes it: a JSON string, a record ...; `{"text": ...}` and
+    `{"image": ...}` lines are read as their value) or, for image models, a zip
+    of images (its files in name order; result `index` i is the i-th name).
+    Answers as `POST /v1/jobs`.
     """
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("send the form as multipart/form-data", details={"field": "inputs"})
@@ -134,29 +136,27 @@ def upload_job():
     if upload is None:
         raise InvalidInput("multipart field 'inputs' (the file) is missing", details={"field": "inputs"})
     settings = services().settings
-    kind, inputs = read_inputs(upload.read(), settings.job_max_inputs, settings.max_image_bytes)
-    adapter = services().registry.get(form.model)
-    if kind == "images" and adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
-        raise _invalid("inputs", f"a zip of images needs an image model; {form.model!r} does {adapter.task}")
+    _, task = services().predictor.model(form.model)
+    inputs = read_inputs(upload.read(), task, settings.job_max_inputs, settings.max_image_bytes)
     return _submit(form.model, inputs, form.parameters)
 
 
-def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(message, details=[{"field": field, "message": message, "type": "value_error"}])
-
-
-def _submit(model: str, inputs: list[str], parameters: Feature):
+def _submit(model: str, inputs: list[Any], parameters: dict[str, Any]):
     settings = services().settings
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
-        raise _invalid(IDEMPOTENCY_HEADER, "Idempotency-Key must be 1 to 255 visible ASCII characters")
-    adapter = services().registry.get(model)
+        raise invalid(IDEMPOTENCY_HEADER, "Idempotency-Key must be 1 to 255 visible ASCII characters")
+    predictor = services().predictor
+    _, task = predictor.model(model)
     if len(inputs) > settings.job_max_inputs:
-        raise _invalid("inputs", f"at most {settings.job_max_inputs} inputs per job, got {len(inputs)}")
-    if adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
-        ops.check_texts(inputs, "inputs[{i}]")
+        raise invalid("inputs", f"at most {settings.job_max_inputs} inputs per job, got {len(inputs)}")
+    # Refused now rather than failed later: the parameters, and every input as
+    # far as it can be checked without the model (images are decoded by the worker).
+    params = task.parameters(parameters)
+    for i, item in enumerate(inputs):
+        task.check(item, params, predictor.limits, f"inputs[{i}]")
     outcome = job_service().submit(
-        model, inputs, parameters.model_dump(exclude_defaults=True), idempotency_key=key
+        model, inputs, params.model_dump(exclude_defaults=True), idempotency_key=key
     )
     response = jsonify(job_json(outcome.job))
     response.status_code = 202 if outcome.created else 200

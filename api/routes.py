@@ -6,7 +6,6 @@ from dataclasses import asdict
 
 from flask import Blueprint, g, jsonify, request
 
-from adapters.base import IMAGE_CLASSIFICATION, OBJECT_DETECTION, TEXT_CLASSIFICATION, TEXT_EMBEDDING
 from api import operations as ops
 from api.context import services
 from api.schemas import (
@@ -23,8 +22,6 @@ from api.schemas import (
     Readiness,
 )
 from api.spec import responses, spec
-from serving.errors import WrongTask
-from utils_serve import classification_json
 
 v1 = Blueprint("v1", __name__)
 
@@ -67,35 +64,18 @@ def get_model(name: str):
 def predict(name: str):
     """Run any model on a batch of inputs.
 
-    Text models take texts, image models base64 image files. Per input,
-    classifiers answer `{category, scores}`, embedders `{embedding}` and
-    detectors `{width, height, objects}`; `parameters` holds the detection
-    options.
+    What an input, `parameters` and an output are depends on the model's task:
+    texts for text models, base64 image files for image models, records
+    `{feature: value}` for tabular models, the model's own input for a custom
+    one. Each served model has its own operation below
+    (`/v1/models/<model>/predict`) with its exact schema and a ready example.
     """
     body: PredictRequest = request.context.body
-    adapter = services().registry.get(name)
+    services().predictor.model(name)  # an unknown model is a 404 before anything else
     ops.check_batch(len(body.inputs), "inputs")
-    if adapter.task in (TEXT_CLASSIFICATION, TEXT_EMBEDDING):
-        ops.check_texts(body.inputs, "inputs[{i}]")
-    else:
-        images = ops.decode_images(body.inputs, "inputs[{i}]")
-    predictor = services().predictor
-    if adapter.task == TEXT_CLASSIFICATION:
-        outcome = predictor.classify(name, body.inputs)
-        outputs = [classification_json(r) for r in outcome.results]
-    elif adapter.task == TEXT_EMBEDDING:
-        outcome = predictor.embed(name, body.inputs)
-        outputs = [{"embedding": [round(x, 6) for x in vector]} for vector in outcome.results]
-    elif adapter.task == IMAGE_CLASSIFICATION:
-        outcome = predictor.classify_images(name, images)
-        outputs = [classification_json(r) for r in outcome.results]
-    elif adapter.task == OBJECT_DETECTION:
-        outcome = predictor.detect(name, images, body.parameters.options())
-        outputs = [ops.detection_output(img, objs) for img, objs in zip(images, outcome.results)]
-    else:  # an adapter of a task this API version does not know
-        raise WrongTask(f"model {name!r} does {adapter.task}, which this route cannot serve")
-    ops.note_prediction(name, outcome.cached, len(body.inputs))
-    return jsonify(model=name, version=adapter.manifest.version, task=adapter.task, outputs=outputs)
+    outcome = ops.predict(name, body.inputs, body.parameters)
+    inputs = outcome.inputs
+    return jsonify(model=name, version=inputs.model.manifest.version, task=inputs.task.name, outputs=outcome.outputs())
 
 
 @v1.post("/v1/detect")
@@ -119,13 +99,11 @@ def classify():
     """Text classification: `{"text": ...}` or `{"texts": [...]}`."""
     body: ClassifyRequest = request.context.body
     if body.text is not None:
-        ops.check_texts([body.text], "text")
-        name, results = ops.classify(body.model, [body.text])
-        return jsonify(model=name, **classification_json(results[0]))
+        name, outcome = ops.classify(body.model, [body.text], "text")
+        return jsonify(model=name, **outcome.outputs()[0])
     ops.check_batch(len(body.texts), "texts")
-    ops.check_texts(body.texts, "texts[{i}]")
-    name, results = ops.classify(body.model, body.texts)
-    return jsonify(model=name, results=[classification_json(r) for r in results])
+    name, outcome = ops.classify(body.model, body.texts, "texts[{i}]")
+    return jsonify(model=name, results=outcome.outputs())
 
 
 @v1.delete("/v1/cache")

@@ -10,41 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from adapters.detection import DetectionOptions
-
-
-class Strict(BaseModel):
-    # strict: "20" is not a number and true is not 1, as the JSON Schema says.
-    # hide_input_in_errors: flask-pydantic-spec serialises the error (input
-    # included) before our hook replaces it; a deeply nested input then broke
-    # that serialisation (500), and a 1 MB one was copied for nothing.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, hide_input_in_errors=True)
-
+from tasks.base import Strict
+from tasks.detection import DetectionParameters, Detections
+from tasks.classification import ClassScores
 
 # --- detection -------------------------------------------------------------
-
-
-class Feature(Strict):
-    """Detection options, named as in the seed API."""
-
-    maxResults: int = Field(20, ge=1, le=1000, description="Most objects returned.")
-    score_th: float = Field(0.3, ge=0, le=1, description="Lowest score kept.")
-    nms_iou: float = Field(0.4, ge=0, le=1, description="IoU above which overlapping boxes of one label are merged.")
-    min_height: float = Field(0.0, ge=0, le=1, description="Smallest box height, as a fraction of the image height.")
-    min_width: float = Field(0.0, ge=0, le=1, description="Smallest box width, as a fraction of the image width.")
-    type: Optional[str] = Field(None, max_length=200, description="Keep only this label.")
-
-    def options(self) -> DetectionOptions:
-        return DetectionOptions(
-            max_results=self.maxResults,
-            score_th=self.score_th,
-            nms_iou=self.nms_iou,
-            min_height=self.min_height,
-            min_width=self.min_width,
-            label=self.type,
-        )
 
 
 class ImageContent(Strict):
@@ -53,8 +25,8 @@ class ImageContent(Strict):
 
 class DetectItem(Strict):
     image: ImageContent
-    features: list[Feature] = Field(
-        default_factory=lambda: [Feature()],
+    features: list[DetectionParameters] = Field(
+        default_factory=lambda: [DetectionParameters()],
         min_length=1,
         max_length=16,
         description="Each feature is one set of options; their objects are concatenated.",
@@ -66,32 +38,8 @@ class DetectRequest(Strict):
     requests: list[DetectItem] = Field(min_length=1, description="One entry per image.")
 
 
-class PixelBox(BaseModel):
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-
-
-class NormalizedBox(BaseModel):
-    x: float
-    y: float
-    width: float
-    height: float
-
-
-class DetectedObject(BaseModel):
-    label: str
-    score: float
-    box: PixelBox = Field(description="Corners in pixels of the upright (EXIF-rotated) image.")
-    normalizedBox: NormalizedBox = Field(description="Top-left corner and size as fractions of the image.")
-
-
-class DetectResult(BaseModel):
+class DetectResult(Detections):
     model: str
-    width: int
-    height: int
-    objects: list[DetectedObject]
 
 
 class DetectResponse(BaseModel):
@@ -113,11 +61,6 @@ class ClassifyRequest(Strict):
         return self
 
 
-class ClassScores(BaseModel):
-    category: str
-    scores: dict[str, float]
-
-
 class ClassifyResponse(BaseModel):
     model: str
     category: Optional[str] = Field(None, description="For a single 'text'.")
@@ -129,23 +72,23 @@ class ClassifyResponse(BaseModel):
 
 
 class PredictRequest(Strict):
-    inputs: list[str] = Field(
-        min_length=1, description="Texts for text models, base64 image files for image models."
+    """``POST /v1/models/{name}/predict``: what an input is depends on the model's task."""
+
+    inputs: list[Any] = Field(
+        min_length=1,
+        description="One item per input, of the model's task: a text, a base64 image file, a record "
+        "{feature: value} ... (see the operation of each model).",
     )
-    parameters: Feature = Field(default_factory=Feature, description="Detection options (image models).")
-
-
-class DetectionOutput(BaseModel):
-    width: int
-    height: int
-    objects: list[DetectedObject]
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="The task's request parameters (detection options); {} for most tasks."
+    )
 
 
 class PredictResponse(BaseModel):
     model: str
     version: str
     task: str
-    outputs: list[Any] = Field(description="ClassScores for text models, DetectionOutput for detectors.")
+    outputs: list[Any] = Field(description="One output per input, in order, of the model's task.")
 
 
 # --- models and health ---------------------------------------------------------
@@ -215,19 +158,13 @@ class Info(BaseModel):
 # --- compatibility routes ------------------------------------------------------------
 
 
-class FlatPredictRequest(Strict):
-    """``POST /predict``: one base64 image with the options beside it."""
+class FlatPredictRequest(DetectionParameters):
+    """``POST /predict``: one base64 image with the detection options beside it."""
 
     image: str = Field(min_length=1, description="The image file in base64.")
-    maxResults: int = Field(20, ge=1, le=1000)
-    score_th: float = Field(0.3, ge=0, le=1)
-    nms_iou: float = Field(0.4, ge=0, le=1)
-    min_height: float = Field(0.0, ge=0, le=1)
-    min_width: float = Field(0.0, ge=0, le=1)
-    type: Optional[str] = Field(None, max_length=200)
 
-    def feature(self) -> Feature:
-        return Feature(**self.model_dump(exclude={"image"}))
+    def parameters(self) -> DetectionParameters:
+        return DetectionParameters(**self.model_dump(exclude={"image"}))
 
 
 class Vertex(BaseModel):
@@ -265,17 +202,15 @@ class ObjectDetectionResponse(BaseModel):
 
 class JobRequest(Strict):
     model: str = Field(min_length=1, max_length=64, description="The model every input goes through.")
-    inputs: list[str] = Field(
-        min_length=1, description="Texts for text models, base64 image files for image models."
-    )
-    parameters: Feature = Field(default_factory=Feature, description="Detection options (image models).")
+    inputs: list[Any] = Field(min_length=1, description="The inputs, as the model's predict route takes them.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="The task's request parameters.")
 
 
 class JobUploadForm(Strict):
     """``POST /v1/jobs/upload``'s form fields; the file goes in the ``inputs`` part."""
 
     model: str = Field(min_length=1, max_length=64, description="The model every input goes through.")
-    parameters: Feature = Field(default_factory=Feature, description="Detection options, as a JSON object.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="The task's request parameters, as a JSON object.")
 
 
 class JobProgress(BaseModel):
@@ -320,7 +255,10 @@ class ErrorResponse(BaseModel):
 # --- streaming -------------------------------------------------------------
 
 
-class StreamOptions(Feature):
+class StreamOptions(DetectionParameters):
     """An option message of ``/v1/detect/stream``: it changes only the fields it names."""
 
     model: Optional[str] = Field(None, max_length=64, description="Detection model; the default detector if omitted.")
+
+    def parameters(self) -> DetectionParameters:
+        return DetectionParameters(**self.model_dump(exclude={"model"}))

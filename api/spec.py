@@ -11,31 +11,10 @@ from flask_pydantic_spec.flask_backend import FlaskBackend
 from pydantic import ValidationError
 
 from serving.errors import InvalidInput, ValidationFailed
+from tasks.base import validation_details
 
 API_TITLE = "serve-http"
 API_VERSION = "1.0.0"
-
-
-def field_path(loc: tuple) -> str:
-    """``("requests", 0, "image")`` -> ``requests[0].image``; the body itself is ``body``."""
-    path = ""
-    for part in loc:
-        if isinstance(part, str):  # a client's field name: make it safe to encode
-            part = part.encode("utf-8", "replace").decode("utf-8")
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
-
-
-def validation_details(error: ValidationError, prefix: tuple = ()) -> list[dict[str, Any]]:
-    """Field path, message and type of each problem; the offending input is not echoed."""
-    return [
-        {
-            "field": field_path(prefix + tuple(item["loc"])),
-            "message": item["msg"],
-            "type": item["type"],
-        }
-        for item in error.errors(include_url=False, include_context=False, include_input=False)
-    ]
 
 
 class _Backend(FlaskBackend):
@@ -75,17 +54,21 @@ def responses(ok, *errors: int) -> Response:
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:
-    """The OpenAPI document of the app, with the API-key security schemes added.
+    """The OpenAPI document of the app: its routes, the API-key security
+    schemes, and an operation per model the app serves (``api.model_docs``).
 
-    Generated once per process: every app has the same routes, and the generator
-    moves nested schemas out of its model table on its first run, so a second
-    run would leave them out.
+    The routes' part is generated once per process: every app has the same
+    routes, and the generator moves nested schemas out of its model table on
+    its first run, so a second run would leave them out.
     """
+    from api.model_docs import add_model_operations
+
     global _document
     if _document is None:
         spec.register(app, register_route=False)
         _document = _complete(dict(spec.spec))
-    return json.loads(json.dumps(_document))
+    served = app.extensions["serve_http"]
+    return add_model_operations(_document, served.registry, served.settings.max_batch_items)
 
 
 _document: dict[str, Any] | None = None
@@ -101,8 +84,8 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
     document["security"] = [{}, {"ApiKeyHeader": []}, {"BearerAuth": []}]
     document["info"] = {
         **document.get("info", {}),
-        "description": "Model server: detection and classification over JSON. "
-        "Every error is {error: {code, message, details, request_id}}.",
+        "description": "Model server: any model of the repository over JSON (text, images, "
+        "tabular records, custom inputs). Every error is {error: {code, message, details, request_id}}.",
     }
     # The generator leaves defaultdicts inside; plain JSON types only.
     return json.loads(json.dumps(document))

@@ -36,13 +36,12 @@ from flask import Blueprint, Response, current_app, g, request
 from pydantic import ValidationError
 from simple_websocket import ConnectionClosed, Server
 
-from adapters.base import OBJECT_DETECTION
 from api.context import Services, services
 from api.schemas import StreamOptions
-from api.spec import validation_details
+from tasks.base import validation_details
 from serving.errors import InvalidInput, Overloaded, ServeError, StreamingUnavailable, ValidationFailed
 from serving.streaming import ConnectionGate, Frame, FrameInbox, StreamStats
-from utils_serve import detection_json, load_image_file
+from tasks import OBJECT_DETECTION
 
 log = logging.getLogger(__name__)
 
@@ -209,11 +208,12 @@ class StreamSession:
     def _answer(self, frame: Frame) -> dict[str, Any]:
         options = self.options
         name = options.model or self.services.settings.default_detector
+        predictor = self.services.predictor
         try:
-            image = load_image_file(frame.data, self.services.limits)
+            inputs = predictor.decode(name, [frame.data], options.parameters(), task=OBJECT_DETECTION, field="frame")
             started = time.perf_counter()
             # Frames never repeat: the prediction cache would only pay for writes.
-            outcome = self.services.predictor.detect(name, [image], options.options(), cached=False)
+            outcome = predictor.run(inputs, cached=False)
             model_seconds = time.perf_counter() - started
         except ServeError as error:
             self.stats.frame_failed(error.code)
@@ -227,9 +227,7 @@ class StreamSession:
             "type": "detections",
             "frame": frame.seq,
             "model": name,
-            "width": image.width,
-            "height": image.height,
-            "objects": [detection_json(d, image.width, image.height) for d in outcome.results[0]],
+            **outcome.outputs()[0],
             "model_ms": round(model_seconds * 1000, 2),
             "server_ms": round((time.monotonic() - frame.received_at) * 1000, 2),
             **self.inbox.counts(),
@@ -325,7 +323,7 @@ class StreamSession:
             return self._error(ValidationFailed("option message does not match the schema", details=details))
         merged = self.options.model_copy(update=incoming.model_dump(exclude_unset=True))
         try:
-            self.services.predictor.model(merged.model or self.services.settings.default_detector, OBJECT_DETECTION)
+            self.services.predictor.model(merged.model or self.services.settings.default_detector, task=OBJECT_DETECTION)
         except ServeError as error:
             return self._error(error)
         self.options = merged

@@ -15,26 +15,23 @@ BENCH_READY_DIR, where each worker drops a file once its models are loaded.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.workload import IMAGE_TASKS, limit_threads
+from bench.workload import limit_threads
 
 limit_threads()
 
 from fastapi import FastAPI, HTTPException  # noqa: E402  (after the thread limits)
 from pydantic import BaseModel, Field  # noqa: E402
 
-from adapters.base import Classification, Detection  # noqa: E402
-from adapters.detection import DetectionOptions, postprocess  # noqa: E402
 from predict import ModelRegistry  # noqa: E402
 from serving.errors import ServeError  # noqa: E402
 from serving.settings import Settings  # noqa: E402
-from utils_serve import ImageLimits, classification_json, decode_image, detection_json  # noqa: E402
+from tasks import Limits  # noqa: E402
 
 settings = Settings()
-limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels, tuple(settings.image_formats))
+limits = Limits.from_settings(settings)
 registry = ModelRegistry(settings.model_repository, settings.models)
 registry.load_all()
 
@@ -42,33 +39,20 @@ app = FastAPI()
 
 
 class PredictBody(BaseModel):
-    inputs: list[str] = Field(min_length=1)
-
-
-def _output(result: Any, width: int = 0, height: int = 0) -> Any:
-    if isinstance(result, Classification):
-        return classification_json(result)
-    if isinstance(result, list) and result and isinstance(result[0], Detection):
-        kept = postprocess(result, width, height, DetectionOptions())
-        return {"width": width, "height": height, "objects": [detection_json(d, width, height) for d in kept]}
-    if isinstance(result, list) and result and isinstance(result[0], float):  # a text embedding
-        return {"embedding": [round(x, 6) for x in result]}
-    return asdict(result) if is_dataclass(result) else result  # type: ignore[arg-type]
+    inputs: list[Any] = Field(min_length=1)
 
 
 @app.post("/predict/{name}")
 def predict(name: str, body: PredictBody) -> dict[str, Any]:
     try:
-        adapter = registry.get(name)
-        if adapter.task in IMAGE_TASKS:
-            images = [decode_image(item, limits).image for item in body.inputs]
-            results = adapter.predict(images)
-            outputs = [_output(r, img.width, img.height) for r, img in zip(results, images)]
-        else:
-            outputs = [_output(r) for r in adapter.predict(body.inputs)]
+        adapter, task = registry.get(name), registry.task(name)
+        parameters = task.parameters(None)
+        decoded = [task.decode(item, parameters, limits, "inputs") for item in body.inputs]
+        results = adapter.predict([d.value for d in decoded])
+        outputs = [task.encode(task.finish(r, d, parameters), d, parameters) for r, d in zip(results, decoded)]
     except ServeError as error:
         raise HTTPException(status_code=400 if error.code != "model_not_found" else 404, detail=error.message)
-    return {"model": name, "version": adapter.manifest.version, "task": adapter.task, "outputs": outputs}
+    return {"model": name, "version": adapter.manifest.version, "task": task.name, "outputs": outputs}
 
 
 @app.get("/healthz")

@@ -15,7 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.manifest import ADAPTERS, MANIFEST_NAME, Manifest, load_manifest
+from adapters.loading import ADAPTERS, FOLDER_MODULE
+from adapters.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REVIEW = "a warm, funny, beautifully acted film that never lets its audience down"
@@ -37,12 +38,14 @@ class Model:
         return self.task in IMAGE_TASKS
 
 
-def _adapter_importable(manifest: Manifest) -> str | None:
+def _adapter_importable(manifest: Manifest, folder: Path) -> str | None:
     """Why the manifest's adapter cannot load, or None; checked without importing it."""
     target = ADAPTERS.get(manifest.adapter, manifest.adapter)
     module, _, cls = target.partition(":")
     if not cls:
         return f"adapter {manifest.adapter!r} is not registered yet"
+    if module == FOLDER_MODULE:
+        return None if (folder / f"{module}.py").is_file() else f"{folder}/{module}.py not found"
     if importlib.util.find_spec(module) is None:
         return f"adapter module {module} not found"
     return None
@@ -62,7 +65,7 @@ def available(repository: Path, names: list[str]) -> tuple[list[Model], list[str
         except Exception as exc:  # a manifest being written right now, say
             notes.append(f"{name}: manifest unreadable ({exc}), skipped")
             continue
-        problem = _adapter_importable(manifest)
+        problem = _adapter_importable(manifest, folder)
         if problem:
             notes.append(f"{name}: {problem}, skipped")
             continue

@@ -82,12 +82,12 @@ class JobStore(Protocol):
     replicas, workers and the stale-job sweep may race freely.
     """
 
-    def create(self, job: Job, inputs: Sequence[str]) -> Created:
+    def create(self, job: Job, inputs: Sequence[Any]) -> Created:
         """Record a queued job; with an idempotency key already used, return that job instead."""
 
     def get(self, job_id: str) -> Job | None: ...
 
-    def inputs(self, job_id: str) -> list[str]: ...
+    def inputs(self, job_id: str) -> list[Any]: ...
 
     def claim(self, job_id: str) -> int | None:
         """queued -> running; the new attempt number, or None if the job is not queued."""

@@ -145,7 +145,7 @@ class RedisJobStore:
                 record[name] = value if value != "" or name == "body_digest" else None
         return Job(**record)
 
-    def create(self, job: Job, inputs: Sequence[str]) -> Created:
+    def create(self, job: Job, inputs: Sequence[Any]) -> Created:
         existing = self._create(
             keys=[self._key(job.id), self._key(job.id) + ":inputs", self._idempotency(job.idempotency_key)],
             args=[job.id, json.dumps(list(inputs)), *self._encode(job)],
@@ -160,7 +160,7 @@ class RedisJobStore:
         values = self.redis.hgetall(self._key(job_id))
         return self._decode(values) if values else None
 
-    def inputs(self, job_id: str) -> list[str]:
+    def inputs(self, job_id: str) -> list[Any]:
         data = self.redis.get(self._key(job_id) + ":inputs")
         return json.loads(data) if data else []
 

@@ -17,7 +17,6 @@ from jobs.inference import run_batch
 from jobs.results import ResultStorage
 from predict import Predictor
 from serving.errors import ServeError
-from utils_serve import ImageLimits
 
 log = logging.getLogger("jobs.runner")
 
@@ -53,7 +52,6 @@ class JobRunner:
     store: JobStore
     results: ResultStorage
     predictor: Predictor
-    limits: ImageLimits
     heartbeat_s: float
     requeue: Callable[[str], None]
 
@@ -105,7 +103,7 @@ class JobRunner:
             if index in saved:
                 continue
             lo, hi = job.batch_range(index)
-            rows = run_batch(self.predictor, job.model, inputs[lo:hi], job.parameters, self.limits)
+            rows = run_batch(self.predictor, job.model, inputs[lo:hi], job.parameters)
             data = b"".join(orjson.dumps({"index": lo + i, **row}) + b"\n" for i, row in enumerate(rows))
             self.results.write_part(job.id, index, data)
             done += hi - lo

@@ -57,7 +57,7 @@ class JobService:
     def store(self):
         return self.backends.store
 
-    def submit(self, model: str, inputs: Sequence[str], parameters: dict[str, Any],
+    def submit(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any],
                idempotency_key: str | None = None) -> Created:
         """A new queued job, or the earlier one made with the same idempotency key and body."""
         body_digest = digest(json.dumps([model, list(inputs), parameters], sort_keys=True))

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from jobs.records import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Created, Job, now
 
@@ -88,7 +88,7 @@ class SqliteJobStore:
         values["parameters"] = json.loads(values["parameters"])
         return Job(**values)
 
-    def create(self, job: Job, inputs: Sequence[str]) -> Created:
+    def create(self, job: Job, inputs: Sequence[Any]) -> Created:
         record = job.as_dict()
         record["parameters"] = json.dumps(job.parameters)
         with self._write() as conn:
@@ -111,7 +111,7 @@ class SqliteJobStore:
     def get(self, job_id: str) -> Job | None:
         return self._job(self._conn.execute("select * from jobs where id = ?", (job_id,)).fetchone())
 
-    def inputs(self, job_id: str) -> list[str]:
+    def inputs(self, job_id: str) -> list[Any]:
         row = self._conn.execute("select data from job_inputs where job_id = ?", (job_id,)).fetchone()
         return json.loads(row["data"]) if row else []
 

@@ -1,4 +1,4 @@
-"""Inputs from an uploaded file: JSON lines of texts, or a zip of images.
+"""Inputs from an uploaded file: JSON lines (one input per line), or a zip of files.
 
 Everything here is client input: sizes are checked before anything is held in
 memory, a zip member is read no further than the limit whatever its header
@@ -7,36 +7,32 @@ claims, and every problem is a clear 4xx error naming the line or member.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import zipfile
 import zlib
-from typing import IO
+from typing import IO, Any
 
-from serving.errors import InvalidInput, PayloadTooLarge, ValidationFailed
+from serving.errors import InvalidInput, PayloadTooLarge
+from tasks.base import Task, invalid
 
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed(message, details=[{"field": field, "message": message, "type": "value_error"}])
-
-
-def read_inputs(data: bytes, max_inputs: int, max_item_bytes: int) -> tuple[str, list[str]]:
-    """``("texts", [...])`` from JSON lines, ``("images", [base64, ...])`` from a zip."""
+def read_inputs(data: bytes, task: Task, max_inputs: int, max_item_bytes: int) -> list[Any]:
+    """The inputs of ``task``'s model: one per JSON line, or one per file of a zip."""
     if data.startswith(ZIP_MAGIC):
-        return "images", _zip_images(io.BytesIO(data), max_inputs, max_item_bytes)
-    return "texts", _json_lines(data, max_inputs)
+        return _zip_files(io.BytesIO(data), task, max_inputs, max_item_bytes)
+    return _json_lines(data, task, max_inputs)
 
 
-def _json_lines(data: bytes, max_inputs: int) -> list[str]:
-    """One input per non-blank line: a JSON string, or an object with ``text`` or ``image``."""
+def _json_lines(data: bytes, task: Task, max_inputs: int) -> list[Any]:
+    """One input per non-blank line, as the task reads a line (``{"text": ...}`` is a text)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("the inputs file is neither UTF-8 JSON lines nor a zip file") from None
-    inputs: list[str] = []
+    inputs: list[Any] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -44,21 +40,17 @@ def _json_lines(data: bytes, max_inputs: int) -> list[str]:
         try:
             value = json.loads(line)
         except ValueError:
-            raise _invalid(field, "not valid JSON") from None
-        if isinstance(value, dict):
-            value = value.get("text", value.get("image"))
-        if not isinstance(value, str):
-            raise _invalid(field, 'each line must be a JSON string or an object with "text" or "image"')
-        inputs.append(value)
+            raise invalid(field, "not valid JSON") from None
+        inputs.append(task.item_from_line(value, field))
         if len(inputs) > max_inputs:
-            raise _invalid("inputs", f"at most {max_inputs} inputs per job")
+            raise invalid("inputs", f"at most {max_inputs} inputs per job")
     if not inputs:
-        raise _invalid("inputs", "the inputs file holds no inputs")
+        raise invalid("inputs", "the inputs file holds no inputs")
     return inputs
 
 
-def _zip_images(stream: IO[bytes], max_inputs: int, max_item_bytes: int) -> list[str]:
-    """Every file of the archive, in name order, as base64 (folders and dot files skipped)."""
+def _zip_files(stream: IO[bytes], task: Task, max_inputs: int, max_item_bytes: int) -> list[Any]:
+    """Every file of the archive, in name order, as the task reads a file (folders and dot files skipped)."""
     try:
         archive = zipfile.ZipFile(stream)
     except zipfile.BadZipFile:
@@ -70,10 +62,12 @@ def _zip_images(stream: IO[bytes], max_inputs: int, max_item_bytes: int) -> list
         key=lambda info: info.filename,
     )
     if not members:
-        raise _invalid("inputs", "the zip file holds no files")
+        raise invalid("inputs", "the zip file holds no files")
     if len(members) > max_inputs:
-        raise _invalid("inputs", f"at most {max_inputs} inputs per job, the zip holds {len(members)}")
-    images: list[str] = []
+        raise invalid("inputs", f"at most {max_inputs} inputs per job, the zip holds {len(members)}")
+    if not task.takes_files:
+        raise invalid("inputs", f"a zip of images needs an image model; {task.model.name!r} does {task.name}")
+    items: list[Any] = []
     for info in members:
         if info.file_size > max_item_bytes:
             raise PayloadTooLarge(f"{info.filename} is larger than {max_item_bytes} bytes")
@@ -84,5 +78,5 @@ def _zip_images(stream: IO[bytes], max_inputs: int, max_item_bytes: int) -> list
             raise InvalidInput(f"{info.filename} cannot be read from the zip file") from None
         if len(raw) > max_item_bytes:
             raise PayloadTooLarge(f"{info.filename} is larger than {max_item_bytes} bytes")
-        images.append(base64.b64encode(raw).decode("ascii"))
-    return images
+        items.append(task.item_from_file(raw, f"inputs {info.filename}"))
+    return items

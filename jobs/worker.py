@@ -28,7 +28,7 @@ from serving import logs
 from serving.cache import NullCache
 from serving.settings import Settings
 from serving.threads import set_compute_threads
-from utils_serve import ImageLimits
+from tasks import Limits
 
 log = logging.getLogger("jobs.worker")
 
@@ -64,14 +64,9 @@ def build_consumer(settings: Settings) -> JobConsumer:
     backends = build_backends(settings)
     # A job is one big batch already: the model is called directly, and the
     # prediction cache is left to interactive traffic.
-    predictor = Predictor(registry, NullCache(), batching=False)
-    limits = ImageLimits(
-        max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        formats=tuple(settings.image_formats),
-    )
+    predictor = Predictor(registry, NullCache(), batching=False, limits=Limits.from_settings(settings))
     install_runner(
-        JobRunner(backends.store, backends.results, predictor, limits, settings.job_heartbeat_s, backends.queue.enqueue)
+        JobRunner(backends.store, backends.results, predictor, settings.job_heartbeat_s, backends.queue.enqueue)
     )
     huey = backends.queue.huey
     threads = compute_threads(settings)

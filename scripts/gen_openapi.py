@@ -1,4 +1,9 @@
-"""Print openapi.yml, generated from the code (no model is loaded)."""
+"""Print openapi.yml, generated from the code and the model repository.
+
+The models of ``models/`` are loaded (weights are read, nothing runs), since
+each one's operation shows its task's schemas: a tabular model's features
+come from its fitted estimator. ``make models`` builds them first.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ from serving.settings import Settings  # noqa: E402
 
 
 def generate() -> str:
-    app = create_app(Settings(_env_file=None, cache_backend="none"), registry=ModelRegistry("models"))
+    settings = Settings(_env_file=None, cache_backend="none")
+    registry = ModelRegistry(settings.model_repository)
+    registry.load_all()
+    app = create_app(settings, registry=registry)
     document = openapi_document(app)
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
 

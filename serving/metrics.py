@@ -146,7 +146,7 @@ def record_models(models: Iterable, load_seconds: dict[str, float]) -> None:
     """Model info and load time; called where the models are loaded (the master)."""
     for adapter in models:
         manifest = adapter.manifest
-        MODEL_INFO.labels(adapter.name, manifest.version, manifest.adapter, adapter.task).set(1)
+        MODEL_INFO.labels(adapter.name, manifest.version, manifest.adapter, manifest.task).set(1)
         if adapter.name in load_seconds:
             MODEL_LOAD.labels(adapter.name).set(load_seconds[adapter.name])
 

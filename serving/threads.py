@@ -6,12 +6,18 @@ children. ``threads`` x processes should not exceed the cores.
 
 from __future__ import annotations
 
+import os
 import sys
+
+_threads: int | None = None
 
 
 def set_compute_threads(threads: int) -> None:
-    """Torch intra-op threads (one inter-op thread) and OpenCV threads, for the
+    """Torch intra-op threads (one inter-op thread), OpenCV threads and the
+    count XGBoost and LightGBM predict with (``compute_threads``), for the
     libraries this process has loaded; imports neither."""
+    global _threads
+    _threads = threads
     if "torch" in sys.modules:
         import torch
 
@@ -24,3 +30,10 @@ def set_compute_threads(threads: int) -> None:
         import cv2
 
         cv2.setNumThreads(threads)
+
+
+def compute_threads() -> int:
+    """The compute threads of this process: what ``set_compute_threads`` set,
+    else every core (a shell, a test). Libraries that take a thread count per
+    call (XGBoost, LightGBM) read it here."""
+    return _threads or os.cpu_count() or 1

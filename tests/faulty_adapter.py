@@ -15,7 +15,9 @@ from typing import Sequence
 
 import yaml
 
-from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
+from adapters.base import ModelAdapter
+from tasks import TEXT_CLASSIFICATION
+from tasks.results import Classification
 
 
 class FaultyClassifier(ModelAdapter):

@@ -13,7 +13,9 @@ import os
 import time
 from typing import Sequence
 
-from adapters.base import TEXT_CLASSIFICATION, Classification, ModelAdapter
+from adapters.base import ModelAdapter
+from tasks import TEXT_CLASSIFICATION
+from tasks.results import Classification
 
 
 class SlowClassifier(ModelAdapter):

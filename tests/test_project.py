@@ -30,7 +30,14 @@ def test_openapi_documents_every_route():
         "/v1/jobs": {"post"}, "/v1/jobs/upload": {"post"}, "/v1/jobs/{job_id}": {"get", "delete"},
         "/v1/jobs/{job_id}/result": {"get"},
     }
+    # One operation per model of the repository, with its task's schemas.
+    models = sorted(p.parent.name for p in (REPO_ROOT / "models").glob("*/model.yaml"))
+    assert {"iris", "diabetes", "digits", "sentiment"} <= set(models)
+    expected |= {f"/v1/models/{name}/predict": {"post"} for name in models}
     assert {path: set(ops) for path, ops in paths.items()} == expected
+    for name in models:
+        body = paths[f"/v1/models/{name}/predict"]["post"]["requestBody"]["content"]["application/json"]
+        assert body["example"]["inputs"][0] is not None, name
     detect = paths["/v1/detect"]["post"]
     assert {"200", "400", "413", "415", "422"} <= set(detect["responses"])
 
@@ -62,7 +69,7 @@ def test_dockerfile_agrees_with_the_makefile():
     # Dependencies before code, so code edits keep the dependency layer cached.
     assert dockerfile.index("COPY requirements.txt") < dockerfile.index("COPY . .")
     # The model repository is built the way `make models` builds it.
-    for artifact in ("$(SENTIMENT)", "$(MINILM_HEAD)"):
+    for artifact in ("$(SENTIMENT)", "$(MINILM_HEAD)", "$(IRIS)", "$(DIABETES)", "$(DIGITS)"):
         (train,) = makefile_recipe(artifact)
         assert train in dockerfile
     # The command is `make serve`'s.

@@ -262,7 +262,7 @@ def evaluate(pipeline: Pipeline, x_test: Sequence[str], y_test: Sequence[str]) -
     }
 
 
-def write_atomically(out: Path, files: dict[str, Callable[[Path], None]]) -> None:
+def write_atomically(out: Path, files: dict[str, Callable[[Path], None]], last: str = MODEL_FILE) -> None:
     """Write each file to a temporary name in ``out``, then rename them all into place.
 
     Renames within one folder are atomic, so a reader (or a crash) sees either
@@ -270,8 +270,8 @@ def write_atomically(out: Path, files: dict[str, Callable[[Path], None]]) -> Non
     format) lists every file written; the manifest names it (``checksums:
     SHA256SUMS``) and the server checks it before unpickling. The pickles are not
     byte-for-byte reproducible, so the sums come from this run, not the
-    repository. ``model.joblib`` is renamed last: its presence, which is what
-    ``make models`` checks, means the run finished.
+    repository. ``last`` (``model.joblib``) is renamed last: its presence, which
+    is what ``make models`` checks, means the run finished.
     """
     out.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
@@ -294,7 +294,7 @@ def write_atomically(out: Path, files: dict[str, Callable[[Path], None]]) -> Non
             with open(tmp, "rb") as handle:
                 sums.append(f"{hashlib.file_digest(handle, 'sha256').hexdigest()}  {name}\n")
         stage(CHECKSUMS_FILE, lambda path: path.write_text("".join(sums), encoding="utf-8"))
-        for tmp, final in sorted(staged, key=lambda pair: pair[1].name == MODEL_FILE):
+        for tmp, final in sorted(staged, key=lambda pair: pair[1].name == last):
             os.replace(tmp, final)
     finally:
         for tmp, _ in staged:

@@ -314,7 +314,8 @@ def test_full_queue_is_503_and_late_inference_is_504(settings):
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
-    from adapters.base import Classification, ModelAdapter
+    from adapters.base import ModelAdapter
+    from tasks.results import Classification
     from adapters.manifest import Manifest
     from predict import ModelRegistry
     from serve_http import create_app

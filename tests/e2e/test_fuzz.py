@@ -13,6 +13,7 @@ Generation is derandomised (same cases on every run) so CI is reproducible.
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -34,10 +35,19 @@ schema = schemathesis.openapi.from_path(REPO_ROOT / "openapi.yml")
 CASES: list[str] = []  # the operation ("POST /v1/detect") of every generated request
 
 
+# The repository's tabular and custom models beside the test repository: their
+# operations are fuzzed against the real models (the others' answer 404).
+EXTRA_MODELS = ("iris", "diabetes", "digits")
+
+
 @pytest.fixture(scope="module")
 def live(model_repo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    env = {"SERVE_MODEL_REPOSITORY": str(model_repo), "WORKERS": "2", "THREADS": "4"}
+    repository = tmp / "models"
+    shutil.copytree(model_repo, repository)
+    for name in EXTRA_MODELS:
+        shutil.copytree(REPO_ROOT / "models" / name, repository / name, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"SERVE_MODEL_REPOSITORY": str(repository), "WORKERS": "2", "THREADS": "4"}
     with GunicornServer(tmp, env=env) as server:
         yield server
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from serving.settings import REPO_ROOT
 from tests.e2e.server import GunicornServer
@@ -74,3 +75,116 @@ def test_readme_stream_example_runs_as_written(server):
     assert lines[0] == "ready" and "'score_th': 0.5" in lines[1] and "'maxResults': 5" in lines[1]
     assert [line.split(" ", 1)[0] for line in lines[2:]] == ["1", "2", "3"]
     assert all("['face']" in line for line in lines[2:]), lines
+
+
+# --- "Serve your own model", run as a new user would --------------------------------
+
+
+def run_curls(script_blocks: list[str], port: int) -> list[tuple[str, int]]:
+    """Every curl of the blocks, run by bash as written: (body, status) each."""
+    script = "set -euo pipefail\ncurl() { command curl -w '\\n@@%{http_code}\\n' \"$@\"; }\n"
+    script += "\n".join(block.replace("localhost:8000", f"127.0.0.1:{port}") for block in script_blocks)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    answers = re.findall(r"(.*?)\n@@(\d{3})\n", done.stdout, re.S)
+    assert len(answers) == sum(block.count("curl ") for block in script_blocks)
+    return [(body.strip(), int(status)) for body, status in answers]
+
+
+def review_rows() -> str:
+    good = ["warm", "funny", "moving", "sharp", "lovely"]
+    bad = ["dull", "tedious", "flat", "clumsy", "boring"]
+    rows = ["text,label"]
+    for i in range(40):
+        rows.append(f"a {good[i % 5]} and {good[(i + 1) % 5]} film {i},fresh")
+        rows.append(f"a {bad[i % 5]} and {bad[(i + 1) % 5]} film {i},rotten")
+    return "\n".join(rows) + "\n"
+
+
+@pytest.fixture(scope="module")
+def own_models(tmp_path_factory):
+    """A fresh working folder laid out as the repository (its .venv and
+    training scripts), where the section's setup commands run as written."""
+    from tests.tiny_transformers import write_checkpoint
+
+    work = tmp_path_factory.mktemp("own-models")
+    (work / ".venv").symlink_to(REPO_ROOT / ".venv")
+    (work / "training").symlink_to(REPO_ROOT / "training")
+    (work / "models").mkdir()
+    # What `hf download dslim/bert-base-NER --local-dir models/ner/checkpoint` would
+    # put there (it needs the network): a random checkpoint of the same task.
+    write_checkpoint(work / "models" / "ner" / "checkpoint", "token-classification")
+    # The CSV the text-classifier command reads.
+    (work / "reviews.csv").write_text(review_rows())
+    blocks = sh_blocks("## Serve your own model")
+    setup = [block for block in blocks if "curl " not in block]
+    calls = [block for block in blocks if "curl " in block]
+    assert len(setup) == 4 and len(calls) == 3
+    for block in setup:
+        done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], cwd=work, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{block}\n{done.stderr}"
+    env = {"SERVE_MODEL_REPOSITORY": str(work / "models"), "WORKERS": "1"}
+    with GunicornServer(tmp_path_factory.mktemp("own-server"), env=env) as server:
+        yield work, server, run_curls(calls, server.port)
+
+
+def test_a_tabular_folder_with_a_four_line_manifest_is_served(own_models):
+    import joblib
+    import pandas as pd
+
+    work, _, answers = own_models
+    manifest = (work / "models" / "churn" / "model.yaml").read_text().splitlines()
+    assert len(manifest) == 4 and [line.split(":")[0] for line in manifest[1:]] == ["task", "adapter", "source"]
+    (card, card_status), (predicted, status), (refused, refused_status) = answers[:3]
+    assert (card_status, status, refused_status) == (200, 200, 422)
+    assert json.loads(card)["task"] == "tabular-classification" and sorted(json.loads(card)["labels"]) == ["no", "yes"]
+    # The answers are the pipeline's own, on the same rows.
+    model = joblib.load(work / "models" / "churn" / "model.joblib")
+    rows = pd.DataFrame([
+        {"tenure_months": 3, "monthly_charges": 80.5, "contract": "monthly"},
+        {"tenure_months": 40, "monthly_charges": 60, "contract": "two-year"},
+    ])
+    expected = model.predict_proba(rows)
+    outputs = json.loads(predicted)["outputs"]
+    assert [o["category"] for o in outputs] == list(model.predict(rows))
+    for output, row in zip(outputs, expected):
+        assert [output["scores"][label] for label in model.classes_] == pytest.approx(list(row), abs=1e-6)
+    error = json.loads(refused)["error"]
+    assert {d["field"] for d in error["details"]} == {"inputs[0].monthly_charges", "inputs[0].contract"}
+    assert "'monthly', 'two-year' or 'yearly'" in " ".join(d["message"] for d in error["details"])
+
+
+def test_a_custom_model_py_is_served_with_its_own_schema(own_models):
+    _, server, answers = own_models
+    (verdicts, status), (refused, refused_status) = answers[3:5]
+    assert (status, refused_status) == (200, 422)
+    readme = (REPO_ROOT / "README.md").read_text()
+    first, second = json.loads(verdicts)["outputs"]
+    # The figures the README quotes.
+    assert f'`{{"zscore": {first["zscore"]}, "spike": true}}`' in readme.replace("\n", " ")
+    assert f'`{{"zscore": {second["zscore"]}, "spike": false}}`' in readme.replace("\n", " ")
+    assert first["spike"] and not second["spike"]
+    assert [d["field"] for d in json.loads(refused)["error"]["details"]] == ["inputs[0].values"]
+    # The model's own Input and Output are in the live OpenAPI document.
+    document = requests.get(server.url + "/apidoc/openapi.json", timeout=10).json()
+    assert "/v1/models/spikes/predict" in document["paths"]
+    assert {"Window", "Verdict"} <= set(document["components"]["schemas"])
+
+
+def test_a_hugging_face_checkpoint_folder_is_served(own_models):
+    _, _, answers = own_models
+    (body, status), = answers[5:]
+    assert status == 200
+    text = "Ann lives in Berlin and works for Siemens."
+    (output,) = json.loads(body)["outputs"]
+    # Random weights: the labels are noise, the offsets must still be the text's.
+    for entity in output["entities"]:
+        assert text[entity["start"]:entity["end"]] == entity["text"] and 0 <= entity["score"] <= 1
+        assert entity["label"] in {"PER", "LOC", "ORG"}
+
+
+def test_the_text_classifier_command_trains_from_a_csv(own_models):
+    work, _, _ = own_models
+    for name in ("model.joblib", "labels.json", "metrics.json"):
+        assert (work / "models" / "reviews" / name).is_file()
+    assert json.loads((work / "models" / "reviews" / "labels.json").read_text()) == ["fresh", "rotten"]

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from adapters.base import OBJECT_DETECTION, Detection
+from tasks import OBJECT_DETECTION
+from tasks.results import Detection
 from adapters.haar_cascade import HaarCascadeDetector, label_from_file
 from adapters.manifest import Manifest, load_manifest
 from adapters.transformers_detection import TransformersDetector

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapters.base import Detection
-from adapters.detection import DetectionOptions, box_iou, nms, postprocess
+from tasks.detection import DetectionParameters, box_iou, nms, postprocess
+from tasks.results import Detection
 
 
 def test_iou_hand_computed():
@@ -55,9 +55,9 @@ def test_postprocess_applies_every_option():
         det("dog", 0.2, 60, 60, 90, 90),  # below score_th
         det("cat", 0.7, 80, 0, 83, 40),   # 3 px wide: under min_width 0.05 of 100
     ]
-    out = postprocess(dets, 100, 100, DetectionOptions(score_th=0.3, nms_iou=0.5, min_width=0.05))
+    out = postprocess(dets, 100, 100, DetectionParameters(score_th=0.3, nms_iou=0.5, min_width=0.05))
     assert out == [dets[0], dets[2]]
-    assert postprocess(dets, 100, 100, DetectionOptions(score_th=0.3, label="dog")) == [dets[2]]
-    assert postprocess(dets, 100, 100, DetectionOptions(score_th=0.0, nms_iou=1.0, max_results=2)) == [dets[0], dets[2]]
-    assert postprocess(dets, 100, 100, DetectionOptions(min_height=0.6)) == []
-    assert postprocess([], 10, 10, DetectionOptions()) == []
+    assert postprocess(dets, 100, 100, DetectionParameters(score_th=0.3, type="dog")) == [dets[2]]
+    assert postprocess(dets, 100, 100, DetectionParameters(score_th=0.0, nms_iou=1.0, maxResults=2)) == [dets[0], dets[2]]
+    assert postprocess(dets, 100, 100, DetectionParameters(min_height=0.6)) == []
+    assert postprocess([], 10, 10, DetectionParameters()) == []

@@ -77,7 +77,7 @@ def test_registry_reports_the_failing_model(tmp_path):
         ModelRegistry(tmp_path).load_all()
     assert info.value.model == "ghost"
     write_manifest(tmp_path / "odd", "task: text-classification\nadapter: haar-cascade\n")
-    with pytest.raises(ModelLoadError, match="serves 'object-detection'"):
+    with pytest.raises(ModelLoadError, match="serves object-detection, manifest says 'text-classification'"):
         ModelRegistry(tmp_path, ["odd"]).load_all()
     with pytest.raises(ModelLoadError, match="nosuch"):
         ModelRegistry(tmp_path, ["nosuch"]).load_all()
@@ -88,13 +88,15 @@ def test_registry_reports_the_failing_model(tmp_path):
 
 def test_registry_and_predictor_from_a_shell(registry):
     predictor = Predictor(registry, MemoryCache(10))
-    out = predictor.classify("sentiment", ["a warm, funny, beautifully acted film"])
+    out = predictor.predict("sentiment", ["a warm, funny, beautifully acted film"])
     assert out.results[0].label == "fresh" and out.cached == 0
-    assert predictor.classify("sentiment", ["a warm, funny, beautifully acted film"]).cached == 1
+    assert out.outputs()[0]["category"] == "fresh"
+    again = predictor.predict("sentiment", ["a warm, funny, beautifully acted film"])
+    assert again.cached == 1 and again.outputs() == out.outputs()
     with pytest.raises(ModelNotFound):
-        predictor.classify("nope", ["x"])
+        predictor.predict("nope", ["x"])
     with pytest.raises(WrongTask):
-        predictor.classify("faces", ["x"])
+        predictor.predict("faces", ["x"], task="text-classification")
 
 
 def test_caches_bound_their_size(tmp_path):
@@ -122,7 +124,7 @@ def test_broken_cache_never_fails_a_prediction(registry):
         def clear(self):
             return 0
 
-    out = Predictor(registry, Broken()).classify("sentiment", ["fine film"])
+    out = Predictor(registry, Broken()).predict("sentiment", ["fine film"])
     assert out.results[0].label in {"fresh", "rotten", "plot"}
 
 
@@ -142,7 +144,7 @@ def test_dependencies_load_first_and_are_shared(tmp_path, monkeypatch):
         def predict(self, batch):
             return []
 
-    monkeypatch.setitem(__import__("adapters.manifest").manifest.ADAPTERS, "probe", f"{__name__}:Probe")
+    monkeypatch.setitem(__import__("adapters.loading").loading.ADAPTERS, "probe", f"{__name__}:Probe")
     globals()["Probe"] = Probe
     write_manifest(tmp_path / "a-head", "task: text-classification\nadapter: probe\ndepends_on: [z-encoder]\n")
     write_manifest(tmp_path / "z-encoder", "task: text-classification\nadapter: probe\n")

@@ -10,9 +10,9 @@ from pathlib import Path
 import joblib
 import pytest
 
-from adapters.base import Classification
 from adapters.manifest import Manifest
-from adapters.sklearn_text import SklearnTextClassifier
+from adapters.sklearn_model import SklearnModel
+from tasks.results import Classification
 from serving.errors import ModelLoadError
 from training.train_text_classifier import main
 
@@ -36,9 +36,9 @@ def small_rows() -> list[dict[str, str]]:
     return rows
 
 
-def adapter_for(folder: Path, source: str = "model.joblib", **extra) -> SklearnTextClassifier:
+def adapter_for(folder: Path, source: str = "model.joblib", **extra) -> SklearnModel:
     manifest = Manifest(name="t", task="text-classification", adapter="sklearn", source=source, **extra)
-    return SklearnTextClassifier(manifest, folder)
+    return SklearnModel(manifest, folder)
 
 
 @pytest.fixture(scope="module")

@@ -73,19 +73,17 @@ def test_subprotocol_token_decodes_base64url_without_padding():
 
 
 def test_stream_frames_bypass_the_prediction_cache(registry, astronaut_jpeg):
-    """``detect(cached=False)`` (what the stream uses) neither reads nor writes the cache."""
-    from adapters.detection import DetectionOptions
+    """``run(cached=False)`` (what the stream uses) neither reads nor writes the cache."""
     from predict import Predictor
     from serving.cache import MemoryCache
-    from utils_serve import ImageLimits, load_image_file
 
-    image = load_image_file(astronaut_jpeg, ImageLimits(10_000_000, 40_000_000, ("JPEG",)))
     cache = MemoryCache(10)
     predictor = Predictor(registry, cache, batching=False)
-    streamed = predictor.detect("faces", [image], DetectionOptions(), cached=False)
+    # The stream's frames are raw JPEG bytes, not base64.
+    streamed = predictor.predict("faces", [astronaut_jpeg], task="object-detection", cached=False)
     assert streamed.cached == 0 and len(cache._items) == 0
     assert [d.label for d in streamed.results[0]] == ["face"]
-    predictor.detect("faces", [image], DetectionOptions())
+    predictor.predict("faces", [astronaut_jpeg])
     assert len(cache._items) == 1
-    again = predictor.detect("faces", [image], DetectionOptions(), cached=False)
+    again = predictor.predict("faces", [astronaut_jpeg], cached=False)
     assert again.cached == 0 and again.results == streamed.results

@@ -15,10 +15,10 @@ from PIL import Image
 from skimage import data as skdata
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from adapters.base import Classification
+from tasks.results import Classification
 from adapters.embedding_classifier import EmbeddingClassifier
 from adapters.image_classification import EfficientNetClassifier, imagenet_labels, preprocess
-from adapters.manifest import ADAPTERS, Manifest, load_manifest
+from adapters.manifest import Manifest, load_manifest
 from adapters.text_embedding import TextEmbedder
 from serving.errors import ModelLoadError
 from serving.settings import REPO_ROOT
@@ -271,20 +271,11 @@ def test_wrong_number_of_manifest_labels_is_a_load_error(tmp_path):
 
 # -- the registry, fork safety and training ------------------------------------------------------
 
-# Until adapters.manifest.ADAPTERS has the short names, manifests can name the classes.
-CLASSES = {
-    "text-embedding": "adapters.text_embedding:TextEmbedder",
-    "embedding-classifier": "adapters.embedding_classifier:EmbeddingClassifier",
-    "efficientnet": "adapters.image_classification:EfficientNetClassifier",
-}
-
-
 def test_registry_shares_the_encoder_with_the_classifier(head_folder, tmp_path):
     from predict import ModelRegistry
 
     for name in ("minilm", "minilm-sentiment"):
         raw = yaml.safe_load((MODELS / name / "model.yaml").read_text())
-        raw["adapter"] = ADAPTERS.get(raw["adapter"], CLASSES[raw["adapter"]])
         if name == "minilm-sentiment":
             raw["source"] = str(head_folder / "head.joblib")
             raw["checksums"] = None  # the head lives outside the folder
