@@ -13,12 +13,13 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adapters.base import ModelAdapter, one_line
+from adapters.loading import load_object
 from serving.errors import ModelLoadError, ServeError
 from tasks.base import Decoded, Limits, NoParameters, Task
 from tasks.custom import CustomTask, declares_types
 
 if TYPE_CHECKING:
-    from adapters.base import ModelAdapter
     from adapters.manifest import Manifest
 
 __all__ = ["BUILTIN_TASKS", "Decoded", "Limits", "NoParameters", "Task", "build_task", "task_class"]
@@ -49,11 +50,9 @@ def _builtin(name: str) -> type[Task]:
     return getattr(importlib.import_module(module), cls)
 
 
-def task_class(manifest: "Manifest", adapter_cls: type["ModelAdapter"], folder: Path) -> type[Task]:
+def task_class(manifest: "Manifest", adapter_cls: type[ModelAdapter], folder: Path) -> type[Task]:
     """The task a manifest asks of an adapter class; raises ``ModelLoadError``
     when the adapter cannot serve it."""
-    from adapters.loading import load_object
-
     spec = manifest.task
     own_types = declares_types(adapter_cls)
     served = adapter_cls.served_tasks()
@@ -84,7 +83,7 @@ def task_class(manifest: "Manifest", adapter_cls: type["ModelAdapter"], folder: 
     return cls
 
 
-def build_task(cls: type[Task], adapter: "ModelAdapter") -> Task:
+def build_task(cls: type[Task], adapter: ModelAdapter) -> Task:
     """The task of one loaded model; raises ``ModelLoadError`` naming it."""
     try:
         task = cls(adapter)
@@ -97,7 +96,5 @@ def build_task(cls: type[Task], adapter: "ModelAdapter") -> Task:
         problems = "; ".join(f"{d['field']}: {d['message']}" for d in error.details or () if isinstance(d, dict))
         raise ModelLoadError(adapter.name, f"the manifest's example is not a valid input: {problems or error.message}") from None
     except Exception as exc:  # a custom task or type that cannot be built
-        from adapters.base import one_line
-
         raise ModelLoadError(adapter.name, f"task {adapter.manifest.task!r}: {one_line(exc)}") from exc
     return task

@@ -15,8 +15,8 @@ from pydantic import BaseModel, WithJsonSchema
 
 from serving.errors import InvalidInput, ServeError
 from tasks.base import Decoded, Limits, Task, invalid, name_field
-from tasks.fields import IMAGE_SCHEMA
 from tasks.classification import Classifies
+from tasks.fields import IMAGE_SCHEMA
 from utils_serve import DecodedImage, decode_image, load_image_file
 
 # A 1x1 white PNG: a ready body that decodes (models answer little for it).
