@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import gc
 
-from serving import multiprocess
+from serving import control, multiprocess
 from serving.settings import load_settings_on_reload
 
 _settings = load_settings_on_reload()
 # Before anything imports prometheus_client (the app does, when preloaded).
 multiprocess.prepare(_settings.metrics_path())
+control.prepare(_settings.control_path())
 
 from serving import logs  # noqa: E402 - after the metrics folder is set
 from serving.threads import set_compute_threads  # noqa: E402
@@ -76,16 +77,34 @@ def pre_fork(server, worker) -> None:
 
 
 def on_reload(server) -> None:
-    # SIGHUP: re-read the API keys in the master, before the new workers fork
-    # from it (preload_app: the app itself is not rebuilt).
+    # SIGHUP, before the new workers fork from the master (preload_app: the app
+    # itself is not rebuilt): re-read the API keys, and apply the model changes
+    # workers asked for, or re-read the model repository (serving/control.py).
     from api.access import KEY_RING
+    from serving import metrics
 
-    ring = server.app.wsgi().extensions.get(KEY_RING)
+    app = server.app.wsgi()
+    ring = app.extensions.get(KEY_RING)
     if ring is not None:
         ring.reload()
+    registry = app.extensions["serve_http"].registry
+    # Old models are garbage once replaced; frozen objects would never be collected.
+    gc.unfreeze()
+    applied = control.apply_pending(
+        _settings.control_path(),
+        old_workers=list(server.WORKERS),
+        apply=lambda action, name: control.apply_change(registry, action, name),
+        refresh=lambda: server.log.info("repository re-read: %s", registry.refresh() or "no change"),
+    )
+    metrics.record_models(registry, registry.load_seconds)
+    gc.collect()
+    gc.freeze()
+    if applied:
+        server.log.info("applied %d model change(s)", applied)
 
 
 def post_fork(server, worker) -> None:
+    control.MASTER_PID, control.WORKER = server.pid, worker
     threads_per_worker = _settings.torch_threads_per_worker()
     set_compute_threads(threads_per_worker)
     server.log.info("worker %s: %d compute thread(s)", worker.pid, threads_per_worker)

@@ -30,7 +30,7 @@ from adapters.loading import adapter_class
 from adapters.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_checksums
 from serving.batching import BatchConfig, MicroBatcher, run_unbatched
 from serving.cache import NullCache, PredictionCache
-from serving.errors import ModelLoadError, ModelNotFound, NotReady, WrongTask
+from serving.errors import Conflict, ModelLoadError, ModelNotFound, NotReady, WrongTask
 from serving.metrics import ModelMetrics
 from tasks import Decoded, Limits, Task, build_task, task_class
 from utils_serve import digest
@@ -78,7 +78,9 @@ class ModelRegistry:
         self.names = list(names)
         self._models: dict[str, ModelAdapter] = {}
         self._tasks: dict[str, Task] = {}
+        self._folders: dict[str, Path] = {}
         self.failures: dict[str, LoadFailure] = {}
+        self.unloaded: set[str] = set()
         self.load_seconds: dict[str, float] = {}
 
     def discover(self) -> list[Path]:
@@ -93,15 +95,21 @@ class ModelRegistry:
             return folders
         return sorted(p.parent for p in self.repository.glob(f"*/{MANIFEST_NAME}"))
 
-    def load_all(self) -> None:
-        """Load every model, dependencies first; the first failure stops start-up
-        with a one-line reason naming the model."""
+    def manifests(self) -> dict[str, tuple[Manifest, Path]]:
+        """The manifest and folder of every model to serve, by name."""
         manifests: dict[str, tuple[Manifest, Path]] = {}
         for folder in self.discover():
             manifest = load_manifest(folder)
             if manifest.name in manifests:
                 raise ModelLoadError(manifest.name, f"two folders declare the name {manifest.name!r}")
             manifests[manifest.name] = (manifest, folder)
+        return manifests
+
+    def load_all(self) -> None:
+        """Load every model, dependencies first; the first failure stops start-up
+        with a one-line reason naming the model."""
+        manifests = self.manifests()
+        self._folders.update({name: folder for name, (_, folder) in manifests.items()})
         for name in _dependency_order(manifests):
             manifest, folder = manifests[name]
             try:
@@ -117,8 +125,10 @@ class ModelRegistry:
         missing = [dep for dep in manifest.depends_on if dep not in self._models]
         if missing:
             raise ModelLoadError(name, f"depends on {', '.join(missing)}, which did not load")
+        revision = folder_revision(folder)
         verify_checksums(manifest, folder)
         adapter = build_adapter(manifest, folder)
+        adapter.revision = revision
         adapter.dependencies = {dep: self._models[dep] for dep in manifest.depends_on}
         started = time.perf_counter()
         try:
@@ -140,6 +150,101 @@ class ModelRegistry:
     def add(self, adapter: ModelAdapter) -> None:
         """Register an adapter that is already loaded (tests, notebooks)."""
         self._bind(adapter)
+
+    # --- live changes (the V2 repository extension, SIGHUP) ------------------
+
+    def reload(self, name: str) -> list[str]:
+        """Load the folder of ``name`` anew (a new version, or a folder added
+        since start-up) and serve it; the models that depend on it are rebuilt
+        on the new one. Everything is loaded before anything is replaced: a
+        failure (``ModelLoadError``) leaves the models served as they were.
+        Returns the names now served from fresh loads."""
+        folder = self._folders.get(name, self.repository / name)
+        if not (folder / MANIFEST_NAME).is_file():
+            raise ModelNotFound(f"no model folder for {name!r} in {self.repository}")
+        manifest = load_manifest(folder)
+        if manifest.name != name:
+            raise ModelLoadError(name, f"{folder} declares the name {manifest.name!r}")
+        manifests = {n: (self._models[n].manifest, self._models[n].folder) for n in self._models}
+        manifests[name] = (manifest, folder)
+        order = [n for n in _dependency_order(manifests) if n == name or name in _requires(n, manifests)]
+        staged = ModelRegistry(self.repository)
+        staged._models = {n: m for n, m in self._models.items() if n not in order}
+        for model in order:
+            fresh = manifest if model == name else load_manifest(manifests[model][1])
+            staged._load(fresh, manifests[model][1])
+        for model in order:
+            self._models[model], self._tasks[model] = staged._models[model], staged._tasks[model]
+            self.load_seconds[model] = staged.load_seconds[model]
+            self._folders[model] = manifests[model][1]
+            self.failures.pop(model, None)
+            self.unloaded.discard(model)
+        log.info("reloaded %s", ", ".join(order))
+        return order
+
+    def unload(self, name: str) -> None:
+        """Stop serving ``name`` (it stays unloaded until loaded again);
+        ``Conflict`` while a served model depends on it."""
+        if name not in self._models and name not in self.failures:
+            raise ModelNotFound(f"no model named {name!r} is loaded")
+        users = sorted(n for n, m in self._models.items() if name in m.manifest.depends_on)
+        if users:
+            raise Conflict(f"model {name!r} is used by {', '.join(users)}; unload those first", details={"used_by": users})
+        self._models.pop(name, None)
+        self._tasks.pop(name, None)
+        self.failures.pop(name, None)
+        self.load_seconds.pop(name, None)
+        self.unloaded.add(name)
+        log.info("unloaded %s", name)
+
+    def refresh(self) -> dict[str, str]:
+        """Bring the served models in line with the repository (an operator's
+        SIGHUP): load new folders and folders whose files changed, unload models
+        whose folder is gone. Explicitly unloaded models stay unloaded. What
+        happened to each model, by name; a failure leaves that model as it was."""
+        report: dict[str, str] = {}
+        try:
+            found = self.manifests()
+        except ModelLoadError as exc:
+            return {exc.model: f"failed: {one_line(exc.reason)}"}
+        try:
+            order = _dependency_order(found)
+        except ModelLoadError as exc:  # a folder depends on a model no folder has
+            return {exc.model: f"failed: {one_line(exc.reason)}"}
+        for name in order:
+            if name in self.unloaded or name in report:
+                continue
+            current = self._models.get(name)
+            if current is not None and current.revision == folder_revision(found[name][1]):
+                continue
+            self._folders[name] = found[name][1]
+            try:
+                for model in self.reload(name):
+                    report[model] = "loaded"
+            except ModelLoadError as exc:
+                report[name] = f"failed: {one_line(exc.reason)}"
+        for name in sorted(set(self._models) - set(found)):
+            try:
+                self.unload(name)
+                self.unloaded.discard(name)  # its folder is gone, not a choice to keep
+                report[name] = "unloaded"
+            except Conflict as exc:
+                report[name] = f"failed: {exc.message}"
+        return report
+
+    def index(self) -> list[dict[str, Any]]:
+        """Every model of the repository: served (READY) or not (UNAVAILABLE, with why)."""
+        entries = []
+        for name in sorted(set(self._folders) | set(self._models) | set(self.failures)):
+            adapter = self._models.get(name)
+            if adapter is not None:
+                entries.append({"name": name, "version": adapter.manifest.version, "state": "READY", "reason": ""})
+                continue
+            failure = self.failures.get(name)
+            version = failure.info.version if failure else ""
+            reason = failure.reason if failure else ("unloaded" if name in self.unloaded else "not loaded")
+            entries.append({"name": name, "version": version, "state": "UNAVAILABLE", "reason": reason})
+        return entries
 
     def get(self, name: str) -> ModelAdapter:
         adapter = self._models.get(name)
@@ -203,6 +308,30 @@ def _manifest_info(manifest: Manifest) -> ModelInfo:
     )
 
 
+def folder_revision(folder: Path) -> str:
+    """What identifies the contents of a model folder: each file's name, size
+    and modification time. Part of every cache key, so a model reloaded with
+    new files never answers from its old version's cache entries."""
+    parts = [
+        f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}"
+        for path in sorted(folder.rglob("*"))
+        if "__pycache__" not in path.parts and path.is_file() and (stat := path.stat())
+    ]
+    return digest(*parts)[:16]
+
+
+def _requires(name: str, manifests: dict[str, tuple[Manifest, Path]]) -> set[str]:
+    """Every model ``name`` depends on, directly or through others."""
+    found: set[str] = set()
+    stack = list(manifests[name][0].depends_on)
+    while stack:
+        dep = stack.pop()
+        if dep not in found:
+            found.add(dep)
+            stack.extend(manifests[dep][0].depends_on if dep in manifests else ())
+    return found
+
+
 def _dependency_order(manifests: dict[str, tuple[Manifest, Path]]) -> list[str]:
     """Model names so that every model comes after the models it depends on."""
     order: list[str] = []
@@ -258,6 +387,7 @@ class Predictions:
 class _Route:
     """How one model's inputs reach it: its runner and which per-item hooks apply."""
 
+    model: ModelAdapter
     run: Callable[..., list[Any]]
     preprocess: Callable[[Any], Any] | None
     postprocess: Callable[[Any], Any] | None
@@ -335,7 +465,7 @@ class Predictor:
         if not cached:
             return Predictions(self._compute(route, items, parameters), inputs, 0)
         options = task.cache_options(parameters)
-        version = adapter.manifest.version
+        version = f"{adapter.manifest.version}:{adapter.revision}"
         keys = [digest(adapter.name, version, item.key, options) for item in items]
         results: list[Any] = [None] * len(items)
         missing: list[int] = []
@@ -368,11 +498,15 @@ class Predictor:
 
     def _route(self, adapter: ModelAdapter, task: Task) -> _Route:
         route = self._routes.get(adapter.name)
-        if route is None:
+        if route is None or route.model is not adapter:
             with self._lock:
                 route = self._routes.get(adapter.name)
-                if route is None:
-                    route = self._routes[adapter.name] = self._build_route(adapter, task)
+                if route is None or route.model is not adapter:  # new, or reloaded in this process
+                    old, route = route, self._build_route(adapter, task)
+                    self._routes[adapter.name] = route
+                    batcher = getattr(old.run, "__self__", None) if old is not None else None
+                    if batcher is not None:
+                        batcher.close(timeout=0)  # its queued work still runs, on the old model
         return route
 
     def _build_route(self, adapter: ModelAdapter, task: Task) -> _Route:
@@ -394,6 +528,7 @@ class Predictor:
         else:
             run = run_unbatched(adapter.predict, observer)
         return _Route(
+            model=adapter,
             run=run,
             preprocess=hook(adapter, ModelAdapter, "preprocess"),
             postprocess=hook(adapter, ModelAdapter, "postprocess"),

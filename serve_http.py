@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import orjson
-from flask import Flask, g, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask.wrappers import Request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -25,8 +25,9 @@ from api.access import install_auth, install_cors
 from api.compat import compat
 from api.context import EXTENSION, Services
 from api.demo import demo
+from api.embeddings import embeddings
 from api.docs import docs
-from api.kserve import v2
+from api.v2 import v2
 from api.metrics import metrics_blueprint
 from api.jobs import init_jobs
 from api.routes import v1
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(compat)
     app.register_blueprint(docs)
     app.register_blueprint(v2)
+    app.register_blueprint(embeddings)
     app.register_blueprint(metrics_blueprint)
     app.register_blueprint(stream)
     app.register_blueprint(demo)
@@ -241,9 +243,11 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
                 pass
 
 
-def _install_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ServeError)
-    def serve_error(error: ServeError):
+def render_error(error: BaseException):
+    """The JSON answer to any error raised while handling a request: the
+    service's own errors by the status table, Werkzeug's HTTP errors as
+    themselves, anything else as a 500 whose traceback goes to the log only."""
+    if isinstance(error, ServeError):
         status = status_of(error)
         response = error_response(status, error.code, error.message, error.details)
         if status == 401:
@@ -252,25 +256,24 @@ def _install_error_handlers(app: Flask) -> None:
             response.headers["Retry-After"] = "1" if isinstance(error, Overloaded) else "5"
             metrics.REJECTED.labels(g.get("route", "<unmatched>"), error.code).inc()
         return response
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def too_large(error: RequestEntityTooLarge):
-        return error_response(
-            413, "payload_too_large", f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
-        )
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException):
+    if isinstance(error, RequestEntityTooLarge):
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        return error_response(413, "payload_too_large", f"request body is larger than {limit} bytes")
+    if isinstance(error, HTTPException):
         code = (error.name or "error").lower().replace(" ", "_")
         response = error_response(error.code or 500, code, error.description or error.name)
         if error.code == 405 and error.valid_methods:
             response.headers["Allow"] = ", ".join(error.valid_methods)
         return response
+    log.exception("unhandled error on %s %s", request.method, g.get("route", request.path), exc_info=error)
+    return error_response(500, "internal_error", "internal server error")
 
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception):
-        log.exception("unhandled error on %s %s", request.method, g.get("route", request.path))
-        return error_response(500, "internal_error", "internal server error")
+
+def _install_error_handlers(app: Flask) -> None:
+    # One function for all: Flask picks a handler by the error's class, so each
+    # family is registered (a handler for Exception alone would not see ServeError).
+    for family in (ServeError, RequestEntityTooLarge, HTTPException, Exception):
+        app.register_error_handler(family, render_error)
 
 
 def __getattr__(name: str) -> Any:

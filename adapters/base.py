@@ -67,6 +67,8 @@ class ModelAdapter(ABC):
         self.ready = False
         # Loaded adapters named in the manifest's depends_on, set by the registry before load().
         self.dependencies: dict[str, ModelAdapter] = {}
+        # What the folder's files were when loaded (set by the registry; part of the cache keys).
+        self.revision = ""
 
     @classmethod
     def served_tasks(cls) -> tuple[str, ...]:

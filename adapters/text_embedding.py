@@ -17,6 +17,7 @@ here, as sentence-transformers would, so that package is not needed.
 from __future__ import annotations
 
 import importlib
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,6 +54,9 @@ class TextEmbedder(ModelAdapter):
         self.dim = 0
         self.max_length = DEFAULT_MAX_LENGTH
         self.normalize = True
+        # A fast tokenizer refuses a call while another thread's is under way
+        # ("Already borrowed"): the batcher encodes while requests count tokens.
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -114,9 +118,10 @@ class TextEmbedder(ModelAdapter):
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        inputs = self._tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length or self.max_length, return_tensors="pt"
-        )
+        with self._tokenizer_lock:
+            inputs = self._tokenizer(
+                texts, padding=True, truncation=True, max_length=max_length or self.max_length, return_tensors="pt"
+            )
         with torch.inference_mode():
             hidden = self._model(**inputs).last_hidden_state
             mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -128,6 +133,15 @@ class TextEmbedder(ModelAdapter):
     def predict(self, batch: Sequence[str]) -> list[list[float]]:
         """One embedding (a list of ``dim`` floats) per text, in order."""
         return self.encode(batch).tolist()
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """The tokens the encoder reads of these texts (special tokens and
+        truncation included), for usage figures."""
+        if self._tokenizer is None:
+            raise RuntimeError(f"model {self.name!r} is not loaded")
+        with self._tokenizer_lock:
+            ids = self._tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return sum(len(row) for row in ids)
 
     def unload(self) -> None:
         self._tokenizer = self._model = None

@@ -19,9 +19,8 @@ from api.spec import spec
 from jobs.records import SUCCEEDED, Job
 from jobs.service import JobService, build_service
 from jobs.uploads import read_inputs
-from serving.errors import InvalidInput, UnsupportedMediaType
+from serving.errors import InvalidInput, UnsupportedMediaType, invalid
 from serving.settings import Settings
-from tasks.base import invalid
 
 JOBS_EXTENSION = "serve_http.jobs"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -11,9 +11,9 @@ from flask import g, request
 from api.context import services
 from api.schemas import DetectRequest
 from predict import Predictions
+from serving.errors import invalid
 from serving.logs import ENV_BATCH, ENV_MODEL
 from tasks import OBJECT_DETECTION, TEXT_CLASSIFICATION
-from tasks.base import invalid
 
 
 def check_batch(count: int, field: str) -> None:

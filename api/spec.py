@@ -87,5 +87,57 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
         "description": "Model server: any model of the repository over JSON (text, images, "
         "tabular records, custom inputs). Every error is {error: {code, message, details, request_id}}.",
     }
+    _unique_operation_ids(document)
+    _inference_bodies(document)
     # The generator leaves defaultdicts inside; plain JSON types only.
     return json.loads(json.dumps(document))
+
+
+def _unique_operation_ids(document: dict[str, Any]) -> None:
+    """One view serving two paths (``/v2/models/{name}`` and its versioned twin)
+    gets one id from the generator; clients generated from the document need
+    each to be unique."""
+    seen: set[str] = set()
+    for path, operations in document.get("paths", {}).items():
+        for operation in operations.values():
+            name = operation.get("operationId")
+            if name is None:
+                continue
+            candidate = f"{name}Version" if "{version}" in path else name
+            n = 1
+            while candidate in seen:
+                n += 1
+                candidate = f"{name}_{n}"
+            operation["operationId"] = candidate
+            seen.add(candidate)
+
+
+def _inference_bodies(document: dict[str, Any]) -> None:
+    """The V2 inference body, which the route parses itself (JSON, or JSON and
+    binary tensor data), documented with an example."""
+    from api.model_docs import Components
+    from api.v2_codec import BINARY_TYPE, InferenceRequest
+
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    reference = Components(schemas).of(InferenceRequest, "An inference request.")
+    example = {
+        "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["a warm, funny, beautifully acted film"]}]
+    }
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        operation = document.get("paths", {}).get(path, {}).get("post")
+        if operation is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": reference, "example": example},
+                    BINARY_TYPE: {
+                        "schema": {"type": "string", "format": "binary"},
+                        "description": "The JSON header, then the binary tensor data (Inference-Header-Content-Length).",
+                    },
+                },
+            }
+            answer = operation["responses"]["200"].setdefault("content", {})
+            answer[BINARY_TYPE] = {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Outputs asked in binary: the JSON header, then their data.",
+            }

@@ -13,8 +13,8 @@ import zipfile
 import zlib
 from typing import IO, Any
 
-from serving.errors import InvalidInput, PayloadTooLarge
-from tasks.base import Task, invalid
+from serving.errors import InvalidInput, PayloadTooLarge, invalid
+from tasks.base import Task
 
 ZIP_MAGIC = b"PK\x03\x04"
 

@@ -105,6 +105,12 @@ class DeadlineExceeded(ServeError):
     code = "deadline_exceeded"
 
 
+class LoadFailed(InvalidInput):
+    """A model folder asked to load (live) does not load; the old version keeps serving."""
+
+    code = "load_failed"
+
+
 class ModelLoadError(Exception):
     """A model folder cannot be loaded; raised at start-up, never to a client."""
 
@@ -118,6 +124,11 @@ class StreamingUnavailable(NotReady):
     """This worker class cannot hold a WebSocket (Gunicorn's sync worker)."""
 
     code = "streaming_unavailable"
+
+
+def invalid(field: str, message: str, kind: str = "value_error") -> ValidationFailed:
+    """A 422 naming one field, in the shape pydantic errors are reported."""
+    return ValidationFailed(message, details=[{"field": field, "message": message, "type": kind}])
 
 
 def error_body(code: str, message: str, details: Any, request_id: str) -> dict[str, Any]:

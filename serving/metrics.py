@@ -142,13 +142,24 @@ class ModelMetrics:
             self.misses.inc(misses)
 
 
+_recorded: set[tuple[str, str, str, str]] = set()
+
+
 def record_models(models: Iterable, load_seconds: dict[str, float]) -> None:
-    """Model info and load time; called where the models are loaded (the master)."""
+    """Model info and load time; called where the models are loaded (the master),
+    again after live changes: a replaced or unloaded model's series drop to 0."""
+    current = set()
     for adapter in models:
         manifest = adapter.manifest
-        MODEL_INFO.labels(adapter.name, manifest.version, manifest.adapter, manifest.task).set(1)
+        labels = (adapter.name, manifest.version, manifest.adapter, manifest.task)
+        MODEL_INFO.labels(*labels).set(1)
+        current.add(labels)
         if adapter.name in load_seconds:
             MODEL_LOAD.labels(adapter.name).set(load_seconds[adapter.name])
+    for labels in _recorded - current:
+        MODEL_INFO.labels(*labels).set(0)
+    _recorded.clear()
+    _recorded.update(current)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -248,6 +248,9 @@ class Settings(BaseSettings):
         description="Prometheus multiprocess folder, wiped at start; default var/metrics/<PORT>.",
         validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", ENV_PREFIX + "METRICS_DIR"),
     )
+    control_dir: Path | None = Field(
+        None, description="Folder where workers ask the master for live model changes, wiped at start; default var/control/<PORT>."
+    )
 
     @field_validator("models", "image_formats", "api_keys", "public_routes", "cors_origins", mode="before")
     @classmethod
@@ -265,6 +268,10 @@ class Settings(BaseSettings):
         """The multiprocess metrics folder; one per port, so two services on one
         machine never wipe each other's files."""
         return self.metrics_dir or REPO_ROOT / "var" / "metrics" / str(self.port)
+
+    def control_path(self) -> Path:
+        """The control folder of live model changes (``serving/control.py``), one per port."""
+        return self.control_dir or REPO_ROOT / "var" / "control" / str(self.port)
 
     @field_validator("public_routes")
     @classmethod

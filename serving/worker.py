@@ -42,6 +42,9 @@ from serving import metrics
 from serving.errors import Overloaded, error_body
 from serving.logs import request_id_for
 
+#: WSGI environ key of Gunicorn's response object for the request (``close_connection``).
+RESPONSE_ENV = "serve_http.gunicorn_response"
+
 # A body larger than this is not drained before the 503: the connection is cut.
 _DRAIN_LIMIT = 1024 * 1024
 BACKLOG_ROUTE = "<worker backlog>"
@@ -56,6 +59,19 @@ class SheddingThreadWorker(gthread.ThreadWorker):
     backlog = 0  # set by gunicorn.conf.py from SERVE_WORKER_BACKLOG
     max_wait = 0.0  # seconds, from SERVE_WORKER_MAX_WAIT_MS
     accept_delay = 0.0  # seconds, from SERVE_WORKER_ACCEPT_DELAY_MS
+
+    def load_wsgi(self) -> None:
+        # Gunicorn decides keep-alive before the app runs; a handler that learns
+        # during the request that its connection must not be reused (a live
+        # model change: this worker is being replaced) needs the response.
+        super().load_wsgi()
+        app = self.wsgi
+
+        def with_response(environ, start_response):
+            environ[RESPONSE_ENV] = getattr(start_response, "__self__", None)
+            return app(environ, start_response)
+
+        self.wsgi = with_response
 
     def init_process(self) -> None:
         self._accept_paused_until = 0.0  # monotonic time; 0 when not paused
@@ -194,3 +210,11 @@ class SheddingThreadWorker(gthread.ThreadWorker):
     def handle_quit(self, sig, frame) -> None:
         self._rejecter.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+
+def close_connection(environ: dict) -> None:
+    """Answer this request with ``Connection: close`` and close the connection
+    after it (on the gthread worker; elsewhere nothing to do)."""
+    response = environ.get(RESPONSE_ENV)
+    if response is not None:
+        response.force_close()

@@ -18,10 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from serving.errors import ServeError, ValidationFailed
+from serving.errors import ServeError, ValidationFailed, invalid
+from tasks.tensors import BYTES, TensorSpec, byte_strings, utf8
 from utils_serve import ImageLimits
 
 if TYPE_CHECKING:
@@ -78,11 +80,6 @@ class Decoded:
     key: bytes | str
 
 
-def invalid(field: str, message: str, kind: str = "value_error") -> ValidationFailed:
-    """A 422 naming one field, in the shape pydantic errors are reported."""
-    return ValidationFailed(message, details=[{"field": field, "message": message, "type": kind}])
-
-
 def field_path(loc: tuple, prefix: str = "") -> str:
     """``("requests", 0, "image")`` -> ``requests[0].image``, after ``prefix``;
     the body itself is ``body``."""
@@ -108,7 +105,7 @@ def validation_details(error: ValidationError, prefix: str = "") -> list[dict[st
 
 
 def schema_error(error: ValidationError, field: str, what: str = "input") -> ValidationFailed:
-    return ValidationFailed(f"{what} does not match the schema", details=validation_details(error, field))
+    return ValidationFailed(f"invalid {what}", details=validation_details(error, field))
 
 
 def name_field(error: ServeError, field: str) -> ServeError:
@@ -208,6 +205,49 @@ class Task:
         if not self._has_parameters:
             return ""
         return canonical_json(parameters.model_dump()).decode()
+
+    # --- Open Inference Protocol (V2) tensors -----------------------------
+
+    def tensor_inputs(self) -> list[TensorSpec]:
+        """The tensors an inference request gives; by default one BYTES element
+        per input, each the input as JSON text."""
+        return [TensorSpec("input", BYTES, (-1,))]
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("output", BYTES, (-1,))]
+
+    def items_from_tensors(self, tensors: dict[str, np.ndarray], field: str = "inputs") -> list[Any]:
+        """The request's tensors as wire items, one per row."""
+        ((name, tensor),) = self.expect_tensors(tensors, field).items()
+        items = []
+        for i, raw in enumerate(byte_strings(tensor, f"{field}.{name}")):
+            try:
+                items.append(orjson.loads(raw))
+            except orjson.JSONDecodeError:
+                raise invalid(f"{field}.{name}[{i}]", "each element is one input as JSON text") from None
+        return items
+
+    def tensors_from_results(self, results: list[Any], decoded: list[Decoded], parameters: BaseModel) -> dict[str, np.ndarray]:
+        """The results as response tensors; by default each output as JSON text."""
+        return {"output": utf8([orjson.dumps(self.encode(r, d, parameters)).decode() for r, d in zip(results, decoded)])}
+
+    def expect_tensors(
+        self, tensors: dict[str, np.ndarray], field: str, names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The request's tensors by the names this task reads, checked: none
+        missing, none unknown (a 422 names them). A model of one input tensor
+        takes a request of one tensor under any name, as MLServer does."""
+        names = names or [spec.name for spec in self.tensor_inputs()]
+        if len(names) == 1 and len(tensors) == 1:
+            return {names[0]: next(iter(tensors.values()))}
+        missing = [n for n in names if n not in tensors]
+        unknown = sorted(set(tensors) - set(names))
+        if missing or unknown:
+            problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unknown {', '.join(unknown)}"] if unknown else []
+            )
+            raise invalid(field, f"model {self.model.name!r} takes the tensors {', '.join(names)} ({'; '.join(problems)})")
+        return {name: tensors[name] for name in names}
 
     # --- inputs from files (background jobs) ------------------------------
 

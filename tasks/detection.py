@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from tasks.base import Decoded, Strict
 from tasks.image import ImageTask
 from tasks.results import Detection
+from tasks.tensors import BYTES, TensorSpec, utf8
 
 
 class DetectionParameters(Strict):
@@ -159,3 +160,25 @@ class ObjectDetection(ImageTask):
 
     def load(self, value: Any) -> list[Detection]:
         return [Detection(**d) for d in value]
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec("boxes", "FP32", (-1, 4)),
+            TensorSpec("scores", "FP32", (-1,)),
+            TensorSpec("labels", BYTES, (-1,)),
+            TensorSpec("image_index", "INT64", (-1,)),
+            TensorSpec("image_size", "INT64", (-1, 2)),
+        ]
+
+    def tensors_from_results(self, results: list[list[Detection]], decoded: list[Decoded], parameters: BaseModel) -> dict[str, np.ndarray]:
+        """Every kept object of every image in one flat list: its pixel box
+        ``[x1, y1, x2, y2]``, score, label and the index of its image; and each
+        image's ``[width, height]``."""
+        objects = [(i, d) for i, found in enumerate(results) for d in found]
+        return {
+            "boxes": np.array([[d.x1, d.y1, d.x2, d.y2] for _, d in objects], dtype=np.float32).reshape(len(objects), 4),
+            "scores": np.array([d.score for _, d in objects], dtype=np.float32),
+            "labels": utf8([d.label for _, d in objects]),
+            "image_index": np.array([i for i, _ in objects], dtype=np.int64),
+            "image_size": np.array([d.value.size for d in decoded], dtype=np.int64).reshape(len(decoded), 2),
+        }

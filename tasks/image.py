@@ -11,13 +11,16 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BaseModel, WithJsonSchema
 
-from serving.errors import InvalidInput, ServeError
-from tasks.base import Decoded, Limits, Task, invalid, name_field
+from serving.errors import InvalidInput, ServeError, invalid
+from tasks.base import Decoded, Limits, Task, name_field
 from tasks.classification import Classifies
 from tasks.fields import IMAGE_SCHEMA
-from utils_serve import DecodedImage, decode_image, load_image_file
+from tasks.results import Classification
+from tasks.tensors import BYTES, TensorSpec, byte_strings, utf8
+from utils_serve import DecodedImage, decode_image, load_image_file, sniff_format
 
 # A 1x1 white PNG: a ready body that decodes (models answer little for it).
 EXAMPLE_IMAGE = (
@@ -61,6 +64,20 @@ class ImageTask(Task):
     def item_from_file(self, data: bytes, field: str) -> Any:
         return base64.b64encode(data).decode("ascii")
 
+    def tensor_inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("image", BYTES, (-1,))]
+
+    def items_from_tensors(self, tensors: dict[str, np.ndarray], field: str = "inputs") -> list[Any]:
+        """One image file per element: raw bytes (binary data), or base64 text (JSON)."""
+        images = self.expect_tensors(tensors, field)["image"]
+        items = []
+        for value in byte_strings(images, f"{field}.image"):
+            # base64 sent as binary data is text, not an image file.
+            if isinstance(value, bytes) and sniff_format(value) is None and value.isascii():
+                value = value.decode("ascii")
+            items.append(value)
+        return items
+
     def item_from_line(self, value: Any, field: str) -> Any:
         if isinstance(value, dict) and set(value) == {"image"}:
             return value["image"]
@@ -71,3 +88,22 @@ class ImageClassification(Classifies, ImageTask):
     """Image -> `{category, scores}` (the model's top labels)."""
 
     name = "image-classification"
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec("label", BYTES, (-1,)),
+            TensorSpec("top_labels", BYTES, (-1, -1)),
+            TensorSpec("top_scores", "FP32", (-1, -1)),
+        ]
+
+    def tensors_from_results(self, results: list[Classification], decoded: list[Decoded], parameters: BaseModel) -> dict[str, np.ndarray]:
+        """``label``, and the model's top labels and their scores, best first, per image."""
+        ranked = [sorted((r.scores or {}).items(), key=lambda pair: -pair[1]) for r in results]
+        width = min((len(pairs) for pairs in ranked), default=0)
+        top_labels = np.empty((len(results), width), dtype=np.object_)
+        top_labels[:] = [[label.encode("utf-8") for label, _ in pairs[:width]] for pairs in ranked]
+        return {
+            "label": utf8([r.label for r in results]),
+            "top_labels": top_labels,
+            "top_scores": np.array([[p for _, p in pairs[:width]] for pairs in ranked], dtype=np.float32).reshape(len(results), width),
+        }

@@ -16,15 +16,19 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from serving.errors import ValidationFailed
+from serving.errors import ValidationFailed, invalid
 from tasks.base import Decoded, Limits, Task, canonical_json, schema_error
 from tasks.classification import Classifies
 from tasks.results import Classification, Regression
+from tasks.tensors import BYTES, TensorSpec, one_per_row
 
 NUMBER = "number"
 STRING = "string"
+#: The V2 tensor of all numeric features of a tabular model, [N, F] in feature order.
+MATRIX = "features"
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,45 @@ class TabularTask(Task):
             f.name: (f.categories[0] if f.categories else "a") if f.kind == STRING else 0.0 for f in self.features
         }
 
+    # Open Inference Protocol: one tensor [N, F] of the numeric features in
+    # order, or one tensor [N] per feature named by it (strings as BYTES).
+
+    def tensor_inputs(self) -> list[TensorSpec]:
+        if all(f.kind == NUMBER for f in self.features):
+            return [TensorSpec(MATRIX, "FP64", (-1, len(self.features)))]
+        return [TensorSpec(f.name, "FP64" if f.kind == NUMBER else BYTES, (-1,)) for f in self.features]
+
+    def items_from_tensors(self, tensors: dict[str, np.ndarray], field: str = "inputs") -> list[Any]:
+        """Records from the tensors (NaN is a missing value); the records are
+        then validated as any request's are."""
+        names = [f.name for f in self.features]
+        numeric = all(f.kind == NUMBER for f in self.features)
+        if numeric and (MATRIX in tensors or len(tensors) == 1):
+            matrix = self.expect_tensors(tensors, field, [MATRIX])[MATRIX]
+            if matrix.ndim != 2 or matrix.shape[1] != len(names) or matrix.dtype.kind not in "fiu":
+                raise invalid(f"{field}.{MATRIX}", f"expected a numeric tensor [N, {len(names)}], got {matrix.dtype} {list(matrix.shape)}")
+            return [dict(zip(names, _values(row))) for row in matrix.astype(np.float64)]
+        if numeric and not set(names) & set(tensors):
+            raise invalid(
+                field,
+                f"model {self.model.name!r} takes the tensor {MATRIX!r} [N, {len(names)}] "
+                f"or one tensor [N] per feature: {', '.join(names)}",
+            )
+        tensors = self.expect_tensors(tensors, field, names)
+        columns = {}
+        for feature in self.features:
+            column = one_per_row(tensors[feature.name], f"{field}.{feature.name}")
+            if column.dtype == np.object_:
+                columns[feature.name] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in column.tolist()]
+            elif column.dtype.kind in "fiu":
+                columns[feature.name] = _values(column.astype(np.float64))
+            else:
+                raise invalid(f"{field}.{feature.name}", f"expected a number or BYTES tensor, got {column.dtype}")
+        counts = {len(values) for values in columns.values()}
+        if len(counts) != 1:
+            raise invalid(field, "every feature tensor needs the same number of rows")
+        return [dict(zip(names, row)) for row in zip(*columns.values())]
+
 
 def _finite(values: Any, model: str) -> None:
     if not all(math.isfinite(v) for v in values):
@@ -110,6 +153,10 @@ class TabularClass(BaseModel):
     scores: Optional[dict[str, float]] = Field(
         None, description="Probability of every label; absent when the model gives none."
     )
+
+
+def _values(row: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in row.tolist()]
 
 
 class TabularClassification(Classifies, TabularTask):
@@ -147,6 +194,15 @@ class TabularRegression(TabularTask):
 
     def dump(self, result: Regression) -> Any:
         return {"value": result.value, "values": None if result.values is None else list(result.values)}
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("value", "FP64", (-1,))]
+
+    def tensors_from_results(self, results: list[Regression], decoded: list[Decoded], parameters: BaseModel) -> dict[str, np.ndarray]:
+        """``value`` [N], or ``values`` [N, targets] for a multi-output model."""
+        if results and results[0].values is not None:
+            return {"values": np.array([r.values for r in results], dtype=np.float64)}
+        return {"value": np.array([r.value for r in results], dtype=np.float64)}
 
     def load(self, value: Any) -> Regression:
         values = value.get("values")

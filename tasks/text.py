@@ -6,11 +6,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any
 
+import numpy as np
+import orjson
 from pydantic import BaseModel, Field, ValidationError
 
-from tasks.base import Decoded, Limits, Strict, Task, canonical_json, invalid, schema_error
+from serving.errors import invalid
+from tasks.base import Decoded, Limits, Strict, Task, canonical_json, schema_error
 from tasks.classification import Classifies
 from tasks.results import Answer, Entity
+from tasks.tensors import BYTES, TensorSpec, texts, utf8
 
 EXAMPLE_TEXT = "a warm, funny, beautifully acted film"
 
@@ -37,6 +41,12 @@ class TextTask(Task):
 
     def default_example(self) -> Any:
         return EXAMPLE_TEXT
+
+    def tensor_inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("text", BYTES, (-1,))]
+
+    def items_from_tensors(self, tensors: dict[str, np.ndarray], field: str = "inputs") -> list[Any]:
+        return texts(self.expect_tensors(tensors, field)["text"], f"{field}.text")
 
     def item_from_line(self, value: Any, field: str) -> Any:
         # {"text": ...} lines, as earlier upload files wrote them.
@@ -66,6 +76,12 @@ class TextEmbedding(TextTask):
 
     def dump(self, result: Any) -> Any:
         return [float(x) for x in result]
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("embedding", "FP32", (-1, getattr(self.model, "dim", 0) or -1))]
+
+    def tensors_from_results(self, results: list[Any], decoded: list[Decoded], parameters: BaseModel) -> dict[str, np.ndarray]:
+        return {"embedding": np.array(results, dtype=np.float32).reshape(len(results), -1)}
 
 
 class EntityOut(BaseModel):
@@ -99,6 +115,13 @@ class TokenClassification(TextTask):
 
     def load(self, value: Any) -> list[Entity]:
         return [Entity(**e) for e in value]
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return [TensorSpec("entities", BYTES, (-1,))]
+
+    def tensors_from_results(self, results: list[list[Entity]], decoded: list[Decoded], parameters: BaseModel) -> dict[str, np.ndarray]:
+        """``entities``: per text, the JSON list of its entities (their number varies)."""
+        return {"entities": utf8([orjson.dumps(self.encode(r, d, parameters)["entities"]).decode() for r, d in zip(results, decoded)])}
 
 
 class Question(Strict):
@@ -142,3 +165,29 @@ class QuestionAnswering(Task):
 
     def load(self, value: Any) -> Answer:
         return Answer(**value)
+
+    def tensor_inputs(self) -> list[TensorSpec]:
+        return [TensorSpec("question", BYTES, (-1,)), TensorSpec("context", BYTES, (-1,))]
+
+    def items_from_tensors(self, tensors: dict[str, np.ndarray], field: str = "inputs") -> list[Any]:
+        given = self.expect_tensors(tensors, field)
+        questions, contexts = texts(given["question"], f"{field}.question"), texts(given["context"], f"{field}.context")
+        if len(questions) != len(contexts):
+            raise invalid(field, f"{len(questions)} questions for {len(contexts)} contexts")
+        return [{"question": q, "context": c} for q, c in zip(questions, contexts)]
+
+    def tensor_outputs(self) -> list[TensorSpec]:
+        return [
+            TensorSpec("answer", BYTES, (-1,)),
+            TensorSpec("score", "FP32", (-1,)),
+            TensorSpec("start", "INT64", (-1,)),
+            TensorSpec("end", "INT64", (-1,)),
+        ]
+
+    def tensors_from_results(self, results: list[Answer], decoded: list[Decoded], parameters: BaseModel) -> dict[str, np.ndarray]:
+        return {
+            "answer": utf8([r.answer for r in results]),
+            "score": np.array([r.score for r in results], dtype=np.float32),
+            "start": np.array([r.start for r in results], dtype=np.int64),
+            "end": np.array([r.end for r in results], dtype=np.int64),
+        }

@@ -27,6 +27,11 @@ def test_openapi_documents_every_route():
         "/prediction": {"post"}, "/object-detection": {"post"}, "/cache": {"delete"},
         "/healthCheck": {"get"}, "/info": {"get"},
         "/v2/health/live": {"get"}, "/v2/health/ready": {"get"}, "/v2/models/{name}/ready": {"get"},
+        "/v2/models/{name}/versions/{version}/ready": {"get"}, "/v2": {"get"}, "/v2/models/{name}": {"get"},
+        "/v2/models/{name}/versions/{version}": {"get"}, "/v2/models/{name}/infer": {"post"},
+        "/v2/models/{name}/versions/{version}/infer": {"post"}, "/v2/repository/index": {"get", "post"},
+        "/v2/repository/models/{name}/load": {"post"}, "/v2/repository/models/{name}/unload": {"post"},
+        "/v1/embeddings": {"post"},
         "/v1/jobs": {"post"}, "/v1/jobs/upload": {"post"}, "/v1/jobs/{job_id}": {"get", "delete"},
         "/v1/jobs/{job_id}/result": {"get"},
     }

@@ -47,7 +47,10 @@ def test_kserve_v2_health(client, registry):
     assert client.get("/v2/models/faces/ready").json == {"name": "faces", "ready": True}
     missing = client.get("/v2/models/nope/ready")
     assert missing.status_code == 404
-    assert missing.json["error"]["code"] == "model_not_found"
+    # The protocol's own error shape on its routes.
+    assert missing.json == {"error": "no model named 'nope'"}
+    assert client.get("/v2/models/faces/versions/1/ready").json == {"name": "faces", "ready": True}
+    assert client.get("/v2/models/faces/versions/2/ready").status_code == 404
 
 
 def test_kserve_v2_not_ready_is_400(client, registry):

@@ -8,7 +8,8 @@ request, not to a pooled connection), or with ``--keep-alive`` on one
 persistent connection per thread, until ``--stop-file`` exists or
 ``--count`` requests are sent. It writes every request to ``OUT`` as JSON:
 ``[{"start", "end", "status", "error"}]`` with ``time.monotonic()`` stamps, which
-on Linux are comparable across processes of one machine.
+on Linux are comparable across processes of one machine; ``--field NAME`` also
+keeps that field of each JSON answer (``"field"``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from pathlib import Path
 
 
 def one_request(
-    host: str, port: int, path: str, body: bytes, timeout: float, connection: http.client.HTTPConnection | None = None
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    timeout: float,
+    connection: http.client.HTTPConnection | None = None,
+    field: str | None = None,
 ) -> dict:
     """One POST; on ``connection`` (kept alive) if given, else on a new one closed after."""
     start = time.monotonic()
@@ -34,8 +41,10 @@ def one_request(
         headers = {"Content-Type": "application/json", "Connection": "keep-alive" if keep else "close"}
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
+        data = response.read()
         record["status"] = response.status
+        if field is not None:
+            record["field"] = json.loads(data).get(field)
         if not keep:
             connection.close()
     except Exception as exc:  # a reset or refused connection is a failed request, recorded
@@ -58,6 +67,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--max-seconds", type=float, default=300)
     parser.add_argument("--keep-alive", action="store_true", help="one persistent connection per thread")
+    parser.add_argument("--field", help="keep this field of each JSON answer")
     args = parser.parse_args()
     target = urllib.parse.urlsplit(args.url)
     body = args.body.encode()
@@ -77,7 +87,7 @@ def main() -> None:
                     return
                 slot: dict = {}
                 records.append(slot)
-            slot.update(one_request(target.hostname, target.port, args.path, body, args.timeout, connection))
+            slot.update(one_request(target.hostname, target.port, args.path, body, args.timeout, connection, args.field))
 
     threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
     for thread in threads:

@@ -62,7 +62,10 @@ def test_keys_rotate_with_sighup_and_never_reach_the_logs(model_repo, tmp_path):
         assert key not in logs
 
 
-PUBLIC = {"/healthz", "/readyz", "/healthCheck", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready"}
+PUBLIC = {
+    "/healthz", "/readyz", "/healthCheck", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+}
 
 
 def assert_every_route_refuses_without_a_key(server) -> None:
@@ -73,7 +76,8 @@ def assert_every_route_refuses_without_a_key(server) -> None:
     for path, operations in paths.items():
         for method, operation in operations.items():
             assert "401" in operation["responses"], f"{method.upper()} {path} does not document 401"
-            r = requests.request(method, server.url + path.replace("{name}", "faces"), json={}, timeout=10)
+            url = server.url + path.replace("{name}", "faces").replace("{version}", "1")
+            r = requests.request(method, url, json={}, timeout=10)
             expected = 200 if path in PUBLIC else 401
             assert r.status_code == expected, (method, path, r.status_code)
             checked += 1

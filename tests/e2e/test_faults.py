@@ -55,7 +55,15 @@ class Load:
     """tests/e2e/load.py in its own process, stopped by a file."""
 
     def __init__(
-        self, tmp: Path, url: str, path: str, body: dict, concurrency: int = 6, count: int = 0, keep_alive: bool = False
+        self,
+        tmp: Path,
+        url: str,
+        path: str,
+        body: dict,
+        concurrency: int = 6,
+        count: int = 0,
+        keep_alive: bool = False,
+        field: str | None = None,
     ) -> None:
         self.out = tmp / f"load-{time.monotonic_ns()}.json"
         self.stop_file = tmp / f"stop-{time.monotonic_ns()}"
@@ -63,6 +71,8 @@ class Load:
                    "--concurrency", str(concurrency), "--stop-file", str(self.stop_file), "--count", str(count)]
         if keep_alive:
             command.append("--keep-alive")
+        if field:
+            command += ["--field", field]
         self.process = subprocess.Popen(command, cwd=REPO_ROOT)
 
     def finish(self, timeout: float = 120) -> list[dict]:

@@ -31,7 +31,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # case each, the rest draw up to this many.
 EXAMPLES_PER_OPERATION = 130
 
-schema = schemathesis.openapi.from_path(REPO_ROOT / "openapi.yml")
+# Live model changes replace every worker (seconds each) and a generated name
+# could unload a model the other cases use: tests/e2e/test_model_updates.py
+# covers those two operations.
+schema = schemathesis.openapi.from_path(REPO_ROOT / "openapi.yml").exclude(path_regex=r"^/v2/repository/models/")
 CASES: list[str] = []  # the operation ("POST /v1/detect") of every generated request
 
 

@@ -64,6 +64,45 @@ def test_readme_observability_commands_work(server):
     assert re.search(r'^serve_http_requests_total\{.*route="/readyz".*\} [1-9]', requests_seen.stdout, re.M)
 
 
+def python_blocks(heading: str) -> list[str]:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_client_examples_run_as_written(server):
+    tritonclient_example, openai_example = python_blocks("## Clients: the Open Inference Protocol and OpenAI")
+    outputs = []
+    for code in (tritonclient_example, openai_example):
+        code = code.replace("localhost:8000", f"127.0.0.1:{server.port}")
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.splitlines())
+    ready, labels, sentiment = outputs[0][0], outputs[0][1], outputs[0][-1]  # the scores print on two lines
+    assert ready.startswith("True [{'name': 'features', 'datatype': 'FP64', 'shape': [-1, 4]}]")
+    assert labels.startswith("[b'setosa' b'virginica']") and sentiment == "[b'fresh']"
+    (counts,) = outputs[1]
+    count, dimension, tokens = counts.split()
+    assert (count, dimension) == ("2", "384") and int(tokens) > 8
+
+
+def test_readme_model_update_commands_work(server):
+    blocks = sh_blocks("## Clients: the Open Inference Protocol and OpenAI")
+    (block,) = blocks
+    script = "set -euo pipefail\ncurl() { command curl -w '\\n@@%{http_code}\\n' \"$@\"; }\n"
+    script += block.replace("localhost:8000", f"127.0.0.1:{server.port}")
+    done = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    answers = re.findall(r"(.*?)\n@@(\d{3})\n", done.stdout, re.S)
+    assert [int(status) for _, status in answers] == [200, 200, 200]
+    index = {entry["name"]: entry["state"] for entry in json.loads(answers[0][0])}
+    assert index["iris"] == "READY" and set(index.values()) == {"READY"}
+    assert json.loads(answers[2][0]) == {"name": "iris", "message": "loaded iris"}
+    r = requests.post(f"{server.url}/v1/models/iris/predict", json={"inputs": [dict(zip(
+        ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"], [5.1, 3.5, 1.4, 0.2]))]}, timeout=30)
+    assert r.json()["outputs"][0]["category"] == "setosa"
+
+
 def test_readme_stream_example_runs_as_written(server):
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## Real-time detection over WebSocket", 1)[1].split("\n## ", 1)[0]
