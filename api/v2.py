@@ -25,7 +25,7 @@ from api import operations as ops
 from api.context import services
 from api.schemas import V2Live, V2ModelReady, V2Ready
 from api.spec import API_TITLE, API_VERSION, responses, spec
-from api.v2_codec import HEADER_LENGTH, InferenceResponse, encode, parse
+from api.v2_codec import HEADER_LENGTH, InferenceResponse, decompressed, encode, parse
 from serving import control
 from serving.errors import Conflict, InvalidInput, LoadFailed, ModelNotFound, NotReady, ServeError
 from serving.worker import close_connection
@@ -149,7 +149,8 @@ def infer(name: str, version: str | None = None):
     adapter, task = services().predictor.model(name)
     if version is not None:
         _check_version(name, version)
-    inference = parse(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
+    body = decompressed(request.get_data(cache=False), request.headers.get("Content-Encoding", ""), request.max_content_length)
+    inference = parse(body, request.headers.get(HEADER_LENGTH))
     items = task.items_from_tensors(inference.tensors, "inputs")
     ops.check_batch(len(items), "inputs")
     outcome = ops.predict(name, items, inference.task_parameters, field="rows[{i}]")

@@ -14,6 +14,7 @@ binary (``outputs[].parameters.binary_data`` or the request's
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -21,7 +22,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, Field, ValidationError
 
-from serving.errors import InvalidInput, invalid
+from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, invalid
 from tasks.base import Strict, schema_error
 from tasks.tensors import BYTES, DATATYPES, datatype_of
 
@@ -85,6 +86,24 @@ class Request:
     outputs: dict[str, bool] | None  # requested output -> in binary
     binary_output: bool = False
     task_parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def decompressed(body: bytes, encoding: str, limit: int | None) -> bytes:
+    """The body as sent before ``Content-Encoding`` (gzip or deflate, which
+    tritonclient can use), no larger than ``limit`` once inflated."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        data = inflater.decompress(body, (limit or 0) + 1 if limit else 0)
+    except zlib.error:
+        raise InvalidInput(f"the body is not valid {encoding} data") from None
+    if limit and (len(data) > limit or inflater.unconsumed_tail):
+        raise PayloadTooLarge(f"the inflated body is larger than {limit} bytes")
+    return data
 
 
 def _flag(value: Any) -> bool:

@@ -196,3 +196,13 @@ def test_base64_embeddings_are_little_endian_float32(server):
     r = requests.post(f"{server.url}/v1/embeddings", json={"model": "minilm", "input": TEXTS[0], "encoding_format": "base64"}, timeout=10)
     vector = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
     assert vector.shape == (384,) and vector.tolist() == pytest.approx(v1(server, "minilm", TEXTS[:1])[0]["embedding"], abs=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests(server, triton, algorithm):
+    import tritonclient.http as httpclient
+
+    text = httpclient.InferInput("text", [2], "BYTES")
+    text.set_data_from_numpy(np.array([t.encode() for t in TEXTS], dtype=object))
+    result = triton.infer("sentiment", [text], request_compression_algorithm=algorithm)
+    assert as_text(result.as_numpy("label")) == [o["category"] for o in v1(server, "sentiment", TEXTS)]

@@ -203,3 +203,21 @@ def test_a_custom_tasks_tensors_are_json_text():
     assert out["output"].tolist() == [b'{"width":1,"height":2}']
     with pytest.raises(ValidationFailed, match="JSON text"):
         task.items_from_tensors({"input": np.array([b"{no"], dtype=object)})
+
+
+def test_compressed_bodies_as_tritonclient_sends_them_and_bombs_refused():
+    import gzip
+    import zlib
+
+    from serving.errors import PayloadTooLarge, UnsupportedMediaType
+
+    data = body([{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["hi"]}])
+    assert codec.decompressed(gzip.compress(data), "gzip", 10_000) == data
+    assert codec.decompressed(zlib.compress(data), "deflate", 10_000) == data
+    assert codec.decompressed(data, "", 10_000) == data
+    with pytest.raises(PayloadTooLarge):
+        codec.decompressed(gzip.compress(b"0" * 1_000_000), "gzip", 10_000)
+    with pytest.raises(InvalidInput, match="not valid gzip"):
+        codec.decompressed(b"plain", "gzip", 10_000)
+    with pytest.raises(UnsupportedMediaType):
+        codec.decompressed(data, "br", 10_000)
