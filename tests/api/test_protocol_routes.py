@@ -13,7 +13,6 @@ import pytest
 from predict import ModelRegistry
 from serve_http import create_app
 from serving.settings import REPO_ROOT
-from tests.api.test_task_routes import task_registry, task_repo  # noqa: F401 - shared fixtures
 from tests.conftest import b64
 
 GRID = [[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0, 11, 8, 0], [0, 4, 12, 0, 0, 8, 8, 0],
@@ -21,7 +20,7 @@ GRID = [[0, 0, 5, 13, 9, 1, 0, 0], [0, 0, 13, 15, 10, 15, 5, 0], [0, 3, 15, 2, 0
 
 
 @pytest.fixture
-def app(settings, task_registry, task_repo):  # noqa: F811
+def app(settings, task_registry, task_repo):
     settings.model_repository = task_repo
     return create_app(settings, registry=task_registry)
 
@@ -100,7 +99,7 @@ def test_request_parameters_are_the_tasks_own(client, astronaut_jpeg):
     assert bad.status_code == 422 and bad.get_json() == {"error": "invalid parameters: parameters.score_th: Input should be less than or equal to 1"}
 
 
-def test_errors_are_the_protocols_shape_with_the_services_statuses(client, settings, task_registry):  # noqa: F811
+def test_errors_are_the_protocols_shape_with_the_services_statuses(client, settings, task_registry):
     assert infer(client, "nope", [bytes_tensor("text", ["x"])]).get_json() == {"error": "no model named 'nope'"}
     r = infer(client, "sentiment", [bytes_tensor("text", ["x"] * 65)])
     assert r.status_code == 422 and r.get_json() == {"error": "inputs: at most 64 items per request, got 65"}
@@ -130,7 +129,7 @@ def test_binary_data_through_the_app(client):
     assert again["label"]["data"] == ["fresh", "rotten"]
 
 
-def test_openai_errors_are_openais_shape(settings, task_registry):  # noqa: F811
+def test_openai_errors_are_openais_shape(settings, task_registry):
     keyed = create_app(settings.model_copy(update={"api_keys": ["k"]}), registry=task_registry).test_client()
     r = keyed.post("/v1/embeddings", json={"model": "minilm", "input": "x"})
     assert r.status_code == 401 and r.get_json() == {

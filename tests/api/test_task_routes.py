@@ -6,47 +6,18 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import zipfile
 
 import joblib
 import pandas as pd
 import pytest
 
-from predict import ModelRegistry
 from serve_http import create_app
 from serving.settings import REPO_ROOT
 from tests.api.test_jobs import run_queued
-from tests.tabular_models import write_churn
-from tests.tiny_transformers import write_model_folder
-from tests.unit.test_model_code import ECHO
 
 SETOSA = {"sepal length (cm)": 5.1, "sepal width (cm)": 3.5, "petal length (cm)": 1.4, "petal width (cm)": 0.2}
 PATIENT = {"age": 59, "sex": 2, "bmi": 32.1, "bp": 101, "s1": 157, "s2": 93.2, "s3": 38, "s4": 4, "s5": 4.8598, "s6": 87}
-
-
-@pytest.fixture(scope="module")
-def task_repo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("task-models")
-    for name in ("iris", "diabetes", "digits", "sentiment", "faces"):
-        if not (REPO_ROOT / "models" / name / "model.yaml").is_file():
-            pytest.fail(f"models/{name} is missing")
-        shutil.copytree(REPO_ROOT / "models" / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    write_churn(root)
-    write_model_folder(root, "ner", "token-classification")
-    write_model_folder(root, "qa", "question-answering", "options: {max_length: 64, doc_stride: 16}\n")
-    (root / "echo").mkdir()
-    (root / "echo" / "model.py").write_text(ECHO)
-    (root / "echo" / "helpers.py").write_text("PREFIX = '> '\n")
-    (root / "echo" / "model.yaml").write_text("task: echo\nadapter: model:Echo\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def task_registry(task_repo):
-    registry = ModelRegistry(task_repo)
-    registry.load_all()
-    return registry
 
 
 @pytest.fixture
