@@ -28,6 +28,8 @@ RUN python training/train_text_classifier.py --out models/sentiment --min-accura
     && python training/train_tabular.py --dataset iris --out models/iris --min-score 0.9 \
     && python training/train_tabular.py --dataset diabetes --out models/diabetes --min-score 0.3 \
     && python training/train_digits.py --out models/digits --min-accuracy 0.95 \
+    && python training/train_forecast.py --out models/streamflow \
+    && python training/eval_ensemble.py --ensemble models/sentiment-ensemble \
     && mkdir -p var && chown -R serve:serve var
 
 USER serve

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -143,7 +144,9 @@ class ModelRegistry:
 
     def _bind(self, adapter: ModelAdapter) -> None:
         cls = task_class(adapter.manifest, type(adapter), adapter.folder)
-        self._tasks[adapter.name] = build_task(cls, adapter)
+        task = build_task(cls, adapter)
+        wrap = getattr(adapter, "wrap_task", None)  # an ensemble serves its members' task, marked
+        self._tasks[adapter.name] = wrap(task) if wrap is not None else task
         adapter.ready = True
         self._models[adapter.name] = adapter
 
@@ -320,6 +323,11 @@ def folder_revision(folder: Path) -> str:
     return digest(*parts)[:16]
 
 
+def dependency_closure(repository: str | Path, name: str) -> set[str]:
+    """Every model that model ``name`` of ``repository`` needs loaded, through any depth."""
+    return _requires(name, ModelRegistry(repository).manifests())
+
+
 def _requires(name: str, manifests: dict[str, tuple[Manifest, Path]]) -> set[str]:
     """Every model ``name`` depends on, directly or through others."""
     found: set[str] = set()
@@ -457,13 +465,14 @@ class Predictor:
         """Results for wire inputs of a model (``outputs()`` gives their JSON)."""
         return self.run(self.decode(name, items, parameters, task=task, field=field), cached=cached)
 
-    def run(self, inputs: ModelInputs, *, cached: bool = True) -> Predictions:
+    def run(self, inputs: ModelInputs, *, cached: bool = True, timeout: float | None = None) -> Predictions:
         """Results for decoded inputs; ``cached=False`` neither reads nor writes
-        the cache (video frames never repeat, so caching them only costs writes)."""
+        the cache (video frames never repeat, so caching them only costs writes).
+        ``timeout``: seconds the inputs may wait for the model (default: the predictor's)."""
         adapter, task, items, parameters = inputs.model, inputs.task, inputs.items, inputs.parameters
         route = self._route(adapter, task)
         if not cached:
-            return Predictions(self._compute(route, items, parameters), inputs, 0)
+            return Predictions(self._compute(route, items, parameters, timeout), inputs, 0)
         options = task.cache_options(parameters)
         version = f"{adapter.manifest.version}:{adapter.revision}"
         keys = [digest(adapter.name, version, item.key, options) for item in items]
@@ -476,20 +485,21 @@ class Predictor:
             else:
                 results[i] = task.load(hit)
         if missing:
-            computed = self._compute(route, [items[i] for i in missing], parameters)
+            computed = self._compute(route, [items[i] for i in missing], parameters, timeout)
             for i, result in zip(missing, computed):
                 results[i] = result
-                self._cache_set(keys[i], task.dump(result))
+                if task.cacheable(result):
+                    self._cache_set(keys[i], task.dump(result))
         if not isinstance(self.cache, NullCache):
             self.metrics(adapter.name).cache(hits=len(items) - len(missing), misses=len(missing))
         return Predictions(results, inputs, len(items) - len(missing))
 
     @staticmethod
-    def _compute(route: _Route, items: list[Decoded], parameters: BaseModel) -> list[Any]:
+    def _compute(route: _Route, items: list[Decoded], parameters: BaseModel, timeout: float | None = None) -> list[Any]:
         values = [item.value for item in items]
         if route.preprocess is not None:
             values = [route.preprocess(value) for value in values]
-        results = route.run(values)
+        results = route.run(values, timeout)
         if route.postprocess is not None:
             results = [route.postprocess(result) for result in results]
         if route.finish is not None:
@@ -515,7 +525,10 @@ class Predictor:
             return getattr(owner, method) if getattr(type(owner), method) is not getattr(base, method) else None
 
         observer = self.metrics(adapter.name)
-        if self.batching:
+        fan_out = getattr(adapter, "fan_out", None)
+        if fan_out is not None:  # an ensemble: never batched itself, its members batch on their own
+            run = run_unbatched(partial(fan_out, self.call_member, self.timeout), observer)
+        elif self.batching:
             spec = adapter.manifest.batching
             config = BatchConfig(
                 max_batch_size=spec.max_batch_size,
@@ -534,6 +547,14 @@ class Predictor:
             postprocess=hook(adapter, ModelAdapter, "postprocess"),
             finish=hook(task, Task, "finish"),
         )
+
+    def call_member(self, name: str, items: list[Any], deadline: float) -> list[Any]:
+        """An ensemble's local member: its JSON answers to the ensemble's inputs
+        (``tasks.ensemble.MemberInput``), through its own route (batching, cache)."""
+        adapter, task = self.model(name)
+        parameters = task.parameters(items[0].parameters.model_dump(exclude_defaults=True) if items else None)
+        inputs = ModelInputs(adapter, task, [item.decoded for item in items], parameters)
+        return self.run(inputs, timeout=max(0.001, deadline - time.monotonic())).outputs()
 
     def metrics(self, name: str) -> ModelMetrics:
         found = self._metrics.get(name)

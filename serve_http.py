@@ -26,6 +26,7 @@ from api.compat import compat
 from api.context import EXTENSION, Services
 from api.demo import demo
 from api.embeddings import embeddings
+from api.forecast import init_forecast
 from api.docs import docs
 from api.v2 import v2
 from api.metrics import metrics_blueprint
@@ -48,12 +49,14 @@ from serving.errors import (
     ServeError,
     Unauthorized,
     UnsupportedMediaType,
+    UpstreamFailed,
     ValidationFailed,
     WrongTask,
     error_body,
 )
 from serving import metrics
 from serving.logs import ENV_ROUTE, REQUEST_ID, request_id_for
+from serving.schedule import Schedule
 from serving.settings import Settings, load_settings
 from tasks import Limits
 
@@ -70,6 +73,7 @@ STATUS: dict[type[ServeError], int] = {
     UnsupportedMediaType: 415,
     ValidationFailed: 422,
     WrongTask: 422,
+    UpstreamFailed: 502,
     NotReady: 503,
     Overloaded: 503,
     DeadlineExceeded: 504,
@@ -155,7 +159,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
 
     cache = build_cache(
-        settings.cache_backend, settings.cache_dir, settings.cache_max_bytes, settings.cache_max_items
+        settings.cache_backend,
+        settings.cache_dir,
+        settings.cache_max_bytes,
+        settings.cache_max_items,
+        # The job worker prunes the disk cache on its schedule (jobs/periodic.py).
+        cull_on_write=Schedule.parse(settings.schedule_cache_prune).kind == "off",
     )
     app.extensions[EXTENSION] = Services(
         settings=settings,
@@ -178,6 +187,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(stream)
     app.register_blueprint(demo)
     init_jobs(app, settings)
+    init_forecast(app, settings)
     spec.register(app, register_route=False)
     metrics.record_models(registry, registry.load_seconds)
 

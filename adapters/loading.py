@@ -38,6 +38,8 @@ ADAPTERS = {
     "text-embedding": "adapters.text_embedding:TextEmbedder",
     "embedding-classifier": "adapters.embedding_classifier:EmbeddingClassifier",
     "efficientnet": "adapters.image_classification:EfficientNetClassifier",
+    "forecast": "adapters.forecast:ForecastModel",
+    "ensemble": "adapters.ensemble:Ensemble",
 }
 
 

@@ -44,6 +44,9 @@ PUBLIC_ROUTES: dict[str, frozenset[str]] = {
 # Where the app keeps its KeyRing (gunicorn.conf.py reloads it on SIGHUP).
 KEY_RING = "serve_http.api_keys"
 
+# The forecast seed's routes, open to any origin unless SERVE_CORS_ORIGINS is set.
+SEED_CORS_ROUTES = [r"^/info$", r"^/forecast$", r"^/healthCheck$"]
+
 # Headers a browser script may read from a cross-origin answer.
 EXPOSED_HEADERS = ["X-Request-ID", "X-Cache", "Retry-After", "WWW-Authenticate"]
 
@@ -127,8 +130,10 @@ def install_auth(app: Flask, settings: Settings) -> None:
 
 
 def install_cors(app: Flask, settings: Settings) -> None:
-    """Cross-origin headers for the allowed origins; nothing when none is set."""
+    """Cross-origin headers for the allowed origins. When none is set, only the
+    forecast seed's read-only routes answer any origin (``*``), as the seed did."""
     if not settings.cors_origins:
+        CORS(app, resources=SEED_CORS_ROUTES, origins="*", send_wildcard=True, expose_headers=EXPOSED_HEADERS, max_age=600)
         return
     CORS(
         app,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import asdict
 
 from flask import Blueprint, jsonify, request
 from flask_pydantic_spec import MultipartFormRequest
@@ -17,13 +15,14 @@ from api.schemas import (
     DetectResponse,
     FlatPredictRequest,
     FlatPredictResponse,
-    Health,
-    Info,
+    SeedHealth,
     ObjectDetectionResponse,
     PredictionRequest,
     PredictionResponse,
+    RecommendationRequest,
+    RecommendationResponse,
 )
-from api.spec import API_TITLE, API_VERSION, responses, spec
+from api.spec import responses, spec
 from serving.errors import InvalidInput, UnsupportedMediaType
 from tasks.detection import normalized_box
 
@@ -97,6 +96,23 @@ def object_detection():
     return jsonify(objects=objects)
 
 
+@compat.post("/recommendation")
+@spec.validate(
+    body=RecommendationRequest,
+    resp=responses(RecommendationResponse, 400, 401, 404, 413, 415, 422, 502, 503, 504),
+    tags=["compatibility"],
+)
+def recommendation():
+    """The fusion seed's route: the ensemble of `SERVE_RECOMMENDATION_ENSEMBLE` -> `{"result"}`."""
+    body: RecommendationRequest = request.context.body
+    name = services().settings.recommendation_ensemble
+    if body.inputs is None:
+        outcome = ops.predict(name, [body.input], body.parameters, field="input")
+        return jsonify(result=outcome.outputs()[0])
+    ops.check_batch(len(body.inputs), "inputs")
+    return jsonify(result=ops.predict(name, body.inputs, body.parameters).outputs())
+
+
 @compat.delete("/cache")
 @spec.validate(resp=responses(CacheCleared, 401), tags=["compatibility"])
 def clear_cache():
@@ -105,25 +121,10 @@ def clear_cache():
 
 
 @compat.get("/healthCheck")
-@spec.validate(resp=responses(Health), tags=["compatibility"])
+@spec.validate(resp=responses(SeedHealth), tags=["compatibility"])
 def health_check():
-    """Liveness, under the seed's name."""
-    return jsonify(status="ok")
-
-
-@compat.get("/info")
-@spec.validate(resp=responses(Info, 401), tags=["compatibility"])
-def info():
-    """Service name, version, default models, every model's metadata, and the answering worker's threads."""
-    settings = services().settings
-    return jsonify(
-        name=API_TITLE,
-        version=API_VERSION,
-        default_classifier=settings.default_classifier,
-        default_detector=settings.default_detector,
-        models=[asdict(card) for card in services().registry.infos()],
-        process={"pid": os.getpid(), "compute_threads": compute_threads(), "batching": settings.batching},
-    )
+    """Liveness, under the seeds' name: the vision seed's `status` and the forecast seed's envelope."""
+    return jsonify(status="ok", success=True, message="Success.", data={"status": "ok"})
 
 
 def compute_threads() -> int:

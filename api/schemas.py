@@ -146,13 +146,42 @@ class ProcessInfo(BaseModel):
     batching: bool
 
 
+class Site(BaseModel):
+    """A gauge site of the forecast model's site table (``sites.db``)."""
+
+    id: str
+    name: str
+    latitude: Optional[float] = None
+    longitude: Optional[float] = None
+    area: Optional[float] = Field(None, description="Catchment area, km2.")
+    elevation: Optional[float] = Field(None, description="Metres above sea level, where the table gives it.")
+
+
+class SitesData(BaseModel):
+    model: Optional[str] = Field(None, description="The forecast model (SERVE_FORECAST_MODEL), null when none is served.")
+    sites: list[Site]
+
+
 class Info(BaseModel):
+    """The service's own keys, and the forecast seed's envelope around its site list."""
+
     name: str
     version: str
     models: list[ModelCard]
     default_classifier: str
     default_detector: str
     process: ProcessInfo
+    success: bool
+    message: str
+    data: SitesData
+
+
+class SeedHealth(Health):
+    """``/healthCheck``: the status, and the forecast seed's envelope."""
+
+    success: bool
+    message: str
+    data: Health
 
 
 # --- compatibility routes ------------------------------------------------------------
@@ -185,6 +214,25 @@ class PredictionRequest(Strict):
 
 class PredictionResponse(BaseModel):
     category: str
+
+
+class RecommendationRequest(Strict):
+    """One input (``input``) or several (``inputs``) of the ensemble named by
+    ``SERVE_RECOMMENDATION_ENSEMBLE``, as its task takes them."""
+
+    input: Any = Field(None, description="One input; the answer's result is one output.")
+    inputs: Optional[list[Any]] = Field(None, min_length=1, description="Several inputs; the result is a list.")
+    parameters: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "RecommendationRequest":
+        if (self.input is None) == (self.inputs is None):
+            raise ValueError("send either input (one) or inputs (a list)")
+        return self
+
+
+class RecommendationResponse(BaseModel):
+    result: Any = Field(description="The ensemble's combined answer (a list for inputs), with partial and failed.")
 
 
 class SimpleObject(BaseModel):

@@ -30,12 +30,21 @@ class _Backend(FlaskBackend):
         return super().validate(func, query, body, headers, cookies, resp, before, after, *args, **kwargs)
 
     def request_validation(self, request, query, body, headers, cookies) -> None:
+        # Query parameters are validated here, as the text they are: the library
+        # reads each as JSON first, so a site id "1160815" would arrive a number.
+        parsed = None
+        if query is not None:
+            try:
+                parsed = query.model_validate(request.args.to_dict())
+            except ValidationError as error:
+                raise ValidationFailed("query parameters do not match the schema", details=validation_details(error)) from None
         try:
-            super().request_validation(request, query, body, headers, cookies)
+            super().request_validation(request, None, body, headers, cookies)
         except ValidationError as error:
             raise ValidationFailed("request body does not match the schema", details=validation_details(error)) from None
         except ValueError:  # a multipart part declared application/json that is not UTF-8 JSON
             raise InvalidInput("a part declared application/json is not valid UTF-8 JSON") from None
+        request.context.query = parsed
 
 
 spec = FlaskPydanticSpec("flask", backend=_Backend, title=API_TITLE, version=API_VERSION, path="apidoc")

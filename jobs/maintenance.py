@@ -1,12 +1,13 @@
-"""The sweep every worker runs between jobs: take back jobs whose worker died,
-and drop records and results past the retention period.
+"""The job sweep, run on its schedule (``SERVE_SCHEDULE_JOB_SWEEP``,
+``jobs/periodic.py``): take back jobs whose worker died, and drop records and
+results past the retention period.
 
 huey forgets a message once a worker took it, so a worker killed mid-job (OOM,
 kill -9, a lost machine) would leave its job "running" for ever. Running jobs
 carry a heartbeat instead; one silent for longer than the visibility timeout
 goes back to the queue (its saved batches are kept), or fails with a reason
 after ``job_max_attempts`` runs. The store's check-and-set makes it safe for
-every worker of every machine to sweep.
+every worker of every machine to sweep, should two sweeps ever overlap.
 """
 
 from __future__ import annotations

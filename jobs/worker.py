@@ -5,8 +5,10 @@ does, then lets huey's consumer fork ``SERVE_JOB_WORKERS`` processes that share
 those pages. The fork-safety rules of ``gunicorn.conf.py`` hold here too: the
 main process runs no model (OpenMP state made before a fork hangs the child),
 collects and freezes the heap before forking, and each child sets its own
-torch and OpenCV thread counts. The main process also runs the stale-job sweep
-(``jobs.maintenance``) every heartbeat interval.
+torch and OpenCV thread counts. Scheduled work (the stale-job sweep, every
+site's forecast, the disk cache's pruning) runs in the pool too, as huey
+tasks on their schedules (``jobs/periodic.py``); the main process only keeps
+those chains alive.
 """
 
 from __future__ import annotations
@@ -16,46 +18,62 @@ import logging
 import logging.config
 import os
 import time
+from typing import Callable
 
 from huey.consumer import Consumer
 
 from jobs.backends import build_backends
+from jobs.forecasts import build_forecast_store, refresh_all
 from jobs.maintenance import Maintenance
+from jobs.periodic import CACHE_PRUNE, FORECASTS, JOB_SWEEP, Periodic
 from jobs.queue import install_runner
 from jobs.runner import JobRunner
 from predict import ModelRegistry, Predictor
 from serving import logs
-from serving.cache import NullCache
+from serving.cache import DiskCache, NullCache
+from serving.schedule import Schedule
 from serving.settings import Settings
 from serving.threads import set_compute_threads
-from tasks import Limits
+from tasks import TIME_SERIES_FORECAST, Limits
 
 log = logging.getLogger("jobs.worker")
 
 
 class JobConsumer(Consumer):
-    """huey's consumer plus the sweep, run from its main loop (no extra thread)."""
+    """huey's consumer, whose main loop also keeps the scheduled chains alive."""
 
-    def __init__(self, huey, maintenance: Maintenance, interval: float, **options) -> None:
+    def __init__(self, huey, chains: Periodic, interval: float, **options) -> None:
         super().__init__(huey, **options)
-        self.maintenance = maintenance
+        self.chains = chains
         self.interval = interval
-        self._next_sweep = 0.0
+        self._next_watch = 0.0
 
     def loop(self, health_check_ts=None):
         health_check_ts = super().loop(health_check_ts)
-        if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + self.interval
+        if time.monotonic() >= self._next_watch:
+            self._next_watch = time.monotonic() + self.interval
             try:
-                self.maintenance.sweep()
+                self.chains.watch()
             except Exception:  # a broker hiccup must not stop the consumer
-                log.warning("job sweep failed", exc_info=True)
+                log.warning("checking the scheduled tasks failed", exc_info=True)
         return health_check_ts
 
 
 def compute_threads(settings: Settings) -> int:
     """Torch / OpenCV threads per job process: ``SERVE_TORCH_THREADS`` or cores // processes."""
     return settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.job_workers)
+
+
+def scheduled_actions(settings: Settings, backends, registry: ModelRegistry, predictor: Predictor) -> dict[str, Callable[[], object]]:
+    """What each scheduled task does; a task with nothing to do here is left out."""
+    actions: dict[str, Callable[[], object]] = {JOB_SWEEP: Maintenance(settings, backends).sweep}
+    name = settings.forecast_model
+    if any(m.name == name and m.task == TIME_SERIES_FORECAST for m in registry):
+        store = build_forecast_store(settings)
+        actions[FORECASTS] = lambda: refresh_all(predictor, store, name)
+    if settings.cache_backend == "disk":
+        actions[CACHE_PRUNE] = DiskCache(settings.cache_dir, settings.cache_max_bytes).prune
+    return actions
 
 
 def build_consumer(settings: Settings) -> JobConsumer:
@@ -70,6 +88,17 @@ def build_consumer(settings: Settings) -> JobConsumer:
     )
     huey = backends.queue.huey
     threads = compute_threads(settings)
+    chains = Periodic(
+        huey,
+        schedules={
+            JOB_SWEEP: Schedule.parse(settings.schedule_job_sweep),
+            FORECASTS: Schedule.parse(settings.schedule_forecasts),
+            CACHE_PRUNE: Schedule.parse(settings.schedule_cache_prune),
+        },
+        actions=scheduled_actions(settings, backends, registry, predictor),
+        lost_after=settings.job_visibility_timeout_s,
+        heartbeat_s=settings.job_heartbeat_s,
+    )
 
     @huey.on_startup()
     def per_process_threads() -> None:
@@ -78,11 +107,11 @@ def build_consumer(settings: Settings) -> JobConsumer:
 
     consumer = JobConsumer(
         huey,
-        Maintenance(settings, backends),
+        chains,
         interval=settings.job_heartbeat_s,
         workers=settings.job_workers,
         worker_type="process",
-        periodic=False,
+        periodic=False,  # huey's once-a-minute periodic tasks: ours are ETA chains (jobs/periodic.py)
         # SQLite is polled: start at 50 ms, back off to at most 1 s when idle.
         initial_delay=0.05,
         max_delay=1.0,

@@ -71,11 +71,22 @@ class DiskCache:
 
     The SQLite connection is opened lazily in each process: a connection made in
     the Gunicorn master must not be used by forked workers.
+
+    With ``cull_on_write`` off, a write evicts nothing (diskcache's
+    ``cull_limit=0``, as its docs advise for a cache pruned by another
+    process): the job worker's scheduled ``prune`` trims the folder to its
+    bound instead, off the request path. A folder grown past twice its bound
+    (no job worker running) is trimmed by the next write that finds it so.
     """
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    # Writes between the checks of an unpruned folder's size.
+    OVERSIZE_CHECK_EVERY = 64
+
+    def __init__(self, directory: Path, max_bytes: int, cull_on_write: bool = True) -> None:
         self._directory = Path(directory)
         self._max_bytes = max_bytes
+        self._cull_on_write = cull_on_write
+        self._writes = 0
         self._cache: diskcache.Cache | None = None
         self._pid = 0
         self._lock = threading.Lock()
@@ -89,6 +100,7 @@ class DiskCache:
                         str(self._directory),
                         size_limit=self._max_bytes,
                         eviction_policy="least-recently-used",
+                        cull_limit=10 if self._cull_on_write else 0,
                         disk=diskcache.JSONDisk,
                         # A busy cache must slow a request down, not fail it.
                         timeout=5,
@@ -100,15 +112,29 @@ class DiskCache:
         return self._open().get(key)
 
     def set(self, key: str, value: Any) -> None:
-        self._open().set(key, value)
+        cache = self._open()
+        cache.set(key, value)
+        if not self._cull_on_write:
+            self._writes += 1
+            if self._writes % self.OVERSIZE_CHECK_EVERY == 0 and cache.volume() > 2 * self._max_bytes:
+                cache.cull()
 
     def clear(self) -> int:
         return self._open().clear()
 
+    def prune(self) -> int:
+        """Evict least recently used entries down to the size bound; how many went."""
+        cache = self._open()
+        return cache.expire() + cache.cull()
 
-def build_cache(backend: str, directory: Path, max_bytes: int, max_items: int) -> PredictionCache:
+    def volume(self) -> int:
+        """Bytes the folder's database and files take."""
+        return self._open().volume()
+
+
+def build_cache(backend: str, directory: Path, max_bytes: int, max_items: int, cull_on_write: bool = True) -> PredictionCache:
     if backend == "disk":
-        return DiskCache(directory, max_bytes)
+        return DiskCache(directory, max_bytes, cull_on_write)
     if backend == "memory":
         return MemoryCache(max_items)
     return NullCache()

@@ -105,6 +105,12 @@ class DeadlineExceeded(ServeError):
     code = "deadline_exceeded"
 
 
+class UpstreamFailed(ServeError):
+    """A service this one called (an ensemble's remote member) failed or answered wrongly (502)."""
+
+    code = "upstream_failed"
+
+
 class LoadFailed(InvalidInput):
     """A model folder asked to load (live) does not load; the old version keeps serving."""
 

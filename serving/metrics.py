@@ -10,7 +10,7 @@ mode.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +21,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from serving import multiprocess
@@ -162,12 +163,50 @@ def record_models(models: Iterable, load_seconds: dict[str, float]) -> None:
     _recorded.update(current)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text exposition of every process's metrics, and its content type."""
+class ScheduledRuns:
+    """The job worker's scheduled runs, read at scrape time from the chains'
+    shared state (``jobs/periodic.py``): whichever machine ran them, every web
+    process reports the same counts."""
+
+    def __init__(self, states: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        self.states = list(states)
+
+    def collect(self):
+        runs = CounterMetricFamily(
+            "serve_http_scheduled_runs",
+            "Runs of the job worker's scheduled tasks, by task and outcome (ok, failed).",
+            labels=["task", "outcome"],
+        )
+        last = GaugeMetricFamily(
+            "serve_http_scheduled_last_run_timestamp_seconds",
+            "When each scheduled task last ended, by outcome (alert on a stale ok).",
+            labels=["task", "outcome"],
+        )
+        for task, state in self.states:
+            for outcome in ("ok", "failed"):
+                runs.add_metric([task, outcome], (state.get("runs") or {}).get(outcome, 0))
+                ended = (state.get("last") or {}).get(outcome)
+                if ended is not None:
+                    last.add_metric([task, outcome], ended)
+        yield runs
+        yield last
+
+
+def exposition(extra: Iterable[Any] = ()) -> tuple[bytes, str]:
+    """The text exposition of every process's metrics (and of ``extra``
+    collectors), and its content type."""
     path = multiprocess.folder()
     if path is None:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, str(path))
-    with multiprocess.scrape_lock(path):
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        body = generate_latest(REGISTRY)
+    else:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, str(path))
+        with multiprocess.scrape_lock(path):
+            body = generate_latest(registry)
+    collectors = list(extra)
+    if collectors:
+        registry = CollectorRegistry()
+        for collector in collectors:
+            registry.register(collector)
+        body += generate_latest(registry)
+    return body, CONTENT_TYPE_LATEST

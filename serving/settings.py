@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     default_detector: str = Field(
         "faces", description="Model used by /v1/detect, /, /predict and /object-detection."
     )
+    forecast_model: str = Field(
+        "streamflow", description="Forecast model of GET /forecast, whose sites GET /info lists."
+    )
+    recommendation_ensemble: str = Field(
+        "sentiment-ensemble", description="Ensemble model answering POST /recommendation."
+    )
 
     # --- limits ---------------------------------------------------------
     max_body_bytes: int = Field(
@@ -186,6 +192,15 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A running job silent this long is taken back (its worker died) and retried."
     )
     job_max_attempts: int = Field(3, gt=0, description="Runs a job gets before a lost worker marks it failed.")
+    schedule_job_sweep: str = Field(
+        "rate 2s", description="When the job worker takes back lost jobs and drops expired ones: rate <n>s, delay <n>s, cron <fields> or off."
+    )
+    schedule_forecasts: str = Field(
+        "rate 1h", description="When the job worker recomputes and stores every site's forecast (same forms)."
+    )
+    schedule_cache_prune: str = Field(
+        "rate 1m", description="When the job worker trims the disk prediction cache to its size bound (same forms; off: each write evicts)."
+    )
 
     # --- gunicorn process -----------------------------------------------
     host: str = _process_knob("HOST", "0.0.0.0", "Address Gunicorn binds.")
@@ -272,6 +287,14 @@ class Settings(BaseSettings):
     def control_path(self) -> Path:
         """The control folder of live model changes (``serving/control.py``), one per port."""
         return self.control_dir or REPO_ROOT / "var" / "control" / str(self.port)
+
+    @field_validator("schedule_job_sweep", "schedule_forecasts", "schedule_cache_prune")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        from serving.schedule import Schedule
+
+        Schedule.parse(value)  # a bad schedule stops start-up with one line
+        return value
 
     @field_validator("public_routes")
     @classmethod

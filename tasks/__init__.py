@@ -32,6 +32,7 @@ IMAGE_CLASSIFICATION = "image-classification"
 OBJECT_DETECTION = "object-detection"
 TABULAR_CLASSIFICATION = "tabular-classification"
 TABULAR_REGRESSION = "tabular-regression"
+TIME_SERIES_FORECAST = "time-series-forecast"
 
 BUILTIN_TASKS = {
     TEXT_CLASSIFICATION: "tasks.text:TextClassification",
@@ -42,6 +43,7 @@ BUILTIN_TASKS = {
     OBJECT_DETECTION: "tasks.detection:ObjectDetection",
     TABULAR_CLASSIFICATION: "tasks.tabular:TabularClassification",
     TABULAR_REGRESSION: "tasks.tabular:TabularRegression",
+    TIME_SERIES_FORECAST: "tasks.forecast:TimeSeriesForecast",
 }
 
 

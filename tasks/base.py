@@ -200,6 +200,10 @@ class Task:
         """A cached value back as the result ``dump`` was given."""
         return value
 
+    def cacheable(self, result: Any) -> bool:
+        """Whether a result may be cached (an ensemble's partial answer may not)."""
+        return True
+
     def cache_options(self, parameters: BaseModel) -> str:
         """What of the parameters keys the cache beside the input."""
         if not self._has_parameters:

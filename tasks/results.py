@@ -56,3 +56,15 @@ class Answer:
     score: float
     start: int
     end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """The next values of one series: one per step, with the step's date, and
+    the prediction interval where the model gives one."""
+
+    series: str
+    times: tuple[str, ...]
+    values: tuple[float, ...]
+    lower: tuple[float, ...] | None = None
+    upper: tuple[float, ...] | None = None

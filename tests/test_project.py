@@ -25,7 +25,7 @@ def test_openapi_documents_every_route():
         "/v1/detect": {"post"}, "/v1/classify": {"post"}, "/v1/cache": {"delete"},
         "/healthz": {"get"}, "/readyz": {"get"}, "/": {"post"}, "/predict": {"post"},
         "/prediction": {"post"}, "/object-detection": {"post"}, "/cache": {"delete"},
-        "/healthCheck": {"get"}, "/info": {"get"},
+        "/healthCheck": {"get"}, "/info": {"get"}, "/forecast": {"get"}, "/recommendation": {"post"},
         "/v2/health/live": {"get"}, "/v2/health/ready": {"get"}, "/v2/models/{name}/ready": {"get"},
         "/v2/models/{name}/versions/{version}/ready": {"get"}, "/v2": {"get"}, "/v2/models/{name}": {"get"},
         "/v2/models/{name}/versions/{version}": {"get"}, "/v2/models/{name}/infer": {"post"},
@@ -37,7 +37,7 @@ def test_openapi_documents_every_route():
     }
     # One operation per model of the repository, with its task's schemas.
     models = sorted(p.parent.name for p in (REPO_ROOT / "models").glob("*/model.yaml"))
-    assert {"iris", "diabetes", "digits", "sentiment"} <= set(models)
+    assert {"iris", "diabetes", "digits", "sentiment", "streamflow", "sentiment-ensemble"} <= set(models)
     expected |= {f"/v1/models/{name}/predict": {"post"} for name in models}
     assert {path: set(ops) for path, ops in paths.items()} == expected
     for name in models:
@@ -74,7 +74,7 @@ def test_dockerfile_agrees_with_the_makefile():
     # Dependencies before code, so code edits keep the dependency layer cached.
     assert dockerfile.index("COPY requirements.txt") < dockerfile.index("COPY . .")
     # The model repository is built the way `make models` builds it.
-    for artifact in ("$(SENTIMENT)", "$(MINILM_HEAD)", "$(IRIS)", "$(DIABETES)", "$(DIGITS)"):
+    for artifact in ("$(SENTIMENT)", "$(MINILM_HEAD)", "$(IRIS)", "$(DIABETES)", "$(DIGITS)", "$(STREAMFLOW)", "$(ENSEMBLE)"):
         (train,) = makefile_recipe(artifact)
         assert train in dockerfile
     # The command is `make serve`'s.

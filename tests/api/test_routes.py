@@ -282,7 +282,11 @@ def test_unexpected_errors_are_500_json_without_traceback(client, app, monkeypat
 def test_info_and_health(client):
     info = client.get("/info").get_json()
     assert info["default_detector"] == "faces" and len(info["models"]) == 3
-    assert client.get("/healthCheck").get_json() == {"status": "ok"}
+    # No forecast model here: the seed's envelope lists no site.
+    assert (info["success"], info["message"], info["data"]) == (True, "Success.", {"model": None, "sites": []})
+    assert client.get("/healthCheck").get_json() == {
+        "status": "ok", "success": True, "message": "Success.", "data": {"status": "ok"}
+    }
     ready = {"ready": True, "optional": False, "reason": None}
     assert client.get("/readyz").get_json() == {
         "status": "ready",

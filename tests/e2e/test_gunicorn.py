@@ -94,7 +94,8 @@ def test_ready_and_live(server):
         "faces": True, "sentiment": True, "tiny-yolos": True
     }
     assert requests.get(server.url + "/healthz", timeout=5).json() == {"status": "ok"}
-    assert requests.get(server.url + "/healthCheck", timeout=5).json() == {"status": "ok"}
+    seed_health = requests.get(server.url + "/healthCheck", timeout=5).json()
+    assert seed_health == {"status": "ok", "success": True, "message": "Success.", "data": {"status": "ok"}}
 
 
 @pytest.mark.parametrize(

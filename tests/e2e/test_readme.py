@@ -227,3 +227,44 @@ def test_the_text_classifier_command_trains_from_a_csv(own_models):
     for name in ("model.joblib", "labels.json", "metrics.json"):
         assert (work / "models" / "reviews" / name).is_file()
     assert json.loads((work / "models" / "reviews" / "labels.json").read_text()) == ["fresh", "rotten"]
+
+
+# --- the seed systems' sections -------------------------------------------------------
+
+
+def test_readme_forecast_commands_work(server, tmp_path):
+    from tests.unit.test_forecast import seasonal_csv
+
+    blocks = sh_blocks("## Forecast service")
+    calls = [block for block in blocks if "curl " in block]
+    (train,) = [block for block in blocks if "curl " not in block]
+    answers = run_curls(calls, server.port)
+    assert [status for _, status in answers] == [200, 200, 404, 422]
+    info, forecast, unknown, too_far = (json.loads(body) for body, _ in answers)
+    assert [site["id"] for site in info["data"]["sites"]] == ["09447000", "1160815"] and info["success"] is True
+    assert forecast["data"]["forecast_days"] == 5 and len(forecast["data"]["forecast"]) == 5
+    model = requests.post(f"{server.url}/v1/models/streamflow/predict",
+                          json={"inputs": [{"series": "09447000", "horizon": 5}]}, timeout=30).json()
+    assert [p["flow"] for p in forecast["data"]["forecast"]] == [s["value"] for s in model["outputs"][0]["forecast"]]
+    assert unknown["success"] is False and too_far["success"] is False and "at most 14" in too_far["message"]
+    # The training command, as written, on a CSV of the documented columns.
+    (tmp_path / ".venv").symlink_to(REPO_ROOT / ".venv")
+    (tmp_path / "training").symlink_to(REPO_ROOT / "training")
+    seasonal_csv(tmp_path / "flows.csv")
+    (tmp_path / "sites.csv").write_text("id,name,latitude,longitude,area,elevation\na,Upper A,46.5,7.9,120,1500\n")
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + train], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (tmp_path / "models" / "my-rivers").iterdir()} >= {"model.json", "sites.db", "metrics.json", "SHA256SUMS"}
+
+
+def test_readme_ensemble_commands_work(server):
+    (block,) = [b for b in sh_blocks("## Ensembles") if "curl " in b]
+    (ensemble, status), (recommendation, recommendation_status) = run_curls([block], server.port)
+    assert (status, recommendation_status) == (200, 200)
+    (out,) = json.loads(ensemble)["outputs"]
+    members = [requests.post(f"{server.url}/v1/models/{m}/predict", json={"inputs": ["a warm, funny, beautifully acted film"]},
+                             timeout=30).json()["outputs"][0] for m in ("sentiment", "minilm-sentiment")]
+    for label, score in out["scores"].items():
+        assert score == pytest.approx(sum(m["scores"][label] for m in members) / 2, abs=2e-6)
+    assert out["partial"] is False and out["category"] == "fresh"
+    assert json.loads(recommendation)["result"]["category"] == "rotten"

@@ -113,6 +113,22 @@ def test_caches_bound_their_size(tmp_path):
     assert disk.clear() > 0 and disk.get("k399") is None
 
 
+def test_a_disk_cache_pruned_on_a_schedule_evicts_nothing_on_writes(tmp_path):
+    bound = 400_000
+    disk = DiskCache(tmp_path / "c", max_bytes=bound, cull_on_write=False)
+    blobs = [secrets.token_hex(1000) for _ in range(300)]  # about 600 kB: past the bound, under twice it
+    for i, blob in enumerate(blobs):
+        disk.set(f"k{i}", {"blob": blob})
+    assert disk.get("k0") == {"blob": blobs[0]}  # nothing evicted by the writes
+    assert disk.volume() > bound
+    assert disk.prune() > 0  # what the job worker's scheduled task calls
+    assert disk.volume() <= bound and disk.get("k299") == {"blob": blobs[299]}
+    # No job worker pruning: a folder past twice its bound is trimmed by a write.
+    for i in range(600):
+        disk.set(f"more{i}", {"blob": secrets.token_hex(1000)})
+    assert disk.volume() <= 2 * bound + 64 * 2100
+
+
 def test_broken_cache_never_fails_a_prediction(registry):
     class Broken:
         def get(self, key):
