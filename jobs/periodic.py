@@ -10,23 +10,24 @@ was due, ``delay`` from when it ended, ``cron`` at the next matching minute.
 Runs execute in the worker pool, like jobs, never in the consumer's main
 process (which runs no model: the fork rules of ``jobs/worker.py``).
 
-One chain per task, however many job workers and machines share the queue:
-the chain's state (``schedule:<task>`` in huey's key-value storage, SQLite or
-Redis) holds a token, and a run whose token is not the current one ends
-without working (a chain made by an earlier start, or a reseeded one). Each
-consumer's main loop reseeds a chain that is missing, whose schedule setting
-changed, whose due run was never picked up, or whose running run stopped
-heartbeating (a worker killed mid-run) for ``job_visibility_timeout_s``.
-huey's storage has no compare-and-set: a reseed that lands while a run is
-writing its state may lose to it, and then the reseeded chain is the one that
-ends; either way one chain goes on.
+One chain per task, however many job workers and machines share the queue.
+huey's storage has no compare-and-set, so no two writers share a key:
+``schedule:<task>`` holds the current chain's token (written only when a
+chain is seeded) and ``schedule:<task>:<token>`` that chain's state (written
+only by its own runs, which never overlap). A run whose token is not the
+current one ends without working, before and after its work: a chain made by
+an earlier start, or replaced by a reseed. Each consumer's main loop reseeds
+a chain that is missing, whose schedule setting changed, whose due run was
+never picked up, or whose running run stopped heartbeating (a worker killed
+mid-run) for ``job_visibility_timeout_s``. A run already under way when its
+chain is replaced finishes its work (it cannot be taken back) and ends there.
 
 A run that fails is logged with its traceback and counted; the chain goes
-on, and so do the other tasks. The counts live in the same state
-(``runs``: ok / failed), so every web process's ``/metrics`` reports them as
-``serve_http_scheduled_runs_total{task,outcome}`` and
-``serve_http_scheduled_last_run_timestamp_seconds{task,outcome}``, whichever
-machine ran them.
+on, and so do the other tasks. The counts live in the chain's state (``runs``:
+ok / failed, carried over to a reseeded chain), so every web process's
+``/metrics`` reports them as ``serve_http_scheduled_runs_total{task,outcome}``
+and ``serve_http_scheduled_last_run_timestamp_seconds{task,outcome}``,
+whichever machine ran them.
 """
 
 from __future__ import annotations
@@ -51,14 +52,25 @@ CACHE_PRUNE = "cache-prune"
 SCHEDULED_TASKS = (JOB_SWEEP, FORECASTS, CACHE_PRUNE)
 
 
-def state_key(name: str) -> str:
+def token_key(name: str) -> str:
     return f"schedule:{name}"
 
 
-def read_state(huey: Huey, name: str) -> dict[str, Any] | None:
-    """A chain's state: token, schedule, state (due | running), at, runs, last."""
-    found = huey.get(state_key(name), peek=True)
+def chain_key(name: str, token: str) -> str:
+    return f"schedule:{name}:{token}"
+
+
+def _get(huey: Huey, key: str) -> dict[str, Any] | None:
+    found = huey.get(key, peek=True)
     return found if isinstance(found, dict) else None
+
+
+def read_state(huey: Huey, name: str) -> dict[str, Any] | None:
+    """The current chain of ``name``: token, schedule, and its state (due | running), at, runs, last."""
+    current = _get(huey, token_key(name))
+    if current is None:
+        return None
+    return {**(_get(huey, chain_key(name, current["token"])) or {}), **current}
 
 
 def run_counts(huey: Huey, names: tuple[str, ...] = SCHEDULED_TASKS) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -106,58 +118,65 @@ class Periodic:
                 seeded.append(name)
         return seeded
 
-    def seed(self, name: str, state: dict[str, Any] | None, reason: str) -> None:
+    def seed(self, name: str, previous: dict[str, Any] | None, reason: str) -> None:
+        """A new chain for ``name``, its first run due now (cron: at the next
+        matching minute); the counts of the chain it replaces carry over."""
         schedule = self.schedules[name]
         now = self.clock()
         due = schedule.first(now)
         assert due is not None
         token = uuid.uuid4().hex
-        self._write(name, dict(state or {}), token=token, schedule=str(schedule), state="due", at=due)
+        kept = {k: previous[k] for k in ("runs", "last") if previous and k in previous}
+        self.huey.put(chain_key(name, token), {"state": "due", "at": due, **kept})
+        self.huey.put(token_key(name), {"token": token, "schedule": str(schedule), "seeded_at": now})
+        if previous and previous.get("token"):
+            self.huey.delete(chain_key(name, previous["token"]))
         self._task.schedule(args=(name, token, due), delay=max(0.0, due - now))
         log.info("scheduled task %s (%s): %s; first run in %.0f s", name, schedule, reason, max(0.0, due - now))
 
     # --- a worker process -------------------------------------------------
 
+    def current(self, name: str, token: str) -> bool:
+        found = _get(self.huey, token_key(name))
+        return found is not None and found.get("token") == token
+
     def run(self, name: str, token: str, due: float) -> None:
-        """One run of ``name``, then the next one scheduled; a superseded chain ends here."""
-        state = read_state(self.huey, name)
+        """One run of ``name``, then the next one scheduled; a replaced chain ends here."""
         schedule = self.schedules.get(name)
-        if state is None or state.get("token") != token or schedule is None:
+        if schedule is None or not self.current(name, token):
             log.info("scheduled task %s: an old chain, ended", name)
             return
+        key = chain_key(name, token)
+        state = _get(self.huey, key) or {}
         started = self.clock()
-        self._write(name, state, state="running", at=started)
-        beat = _Heartbeat(lambda: self._beat(name, token), self.heartbeat_s)
+        self.huey.put(key, {**state, "state": "running", "at": started})
         outcome, error = "ok", None
-        with beat:
+        with _Heartbeat(lambda: self._beat(name, token), self.heartbeat_s):
             try:
                 self.actions[name]()
             except Exception as exc:  # one task's failure stops neither its chain nor the others
                 outcome, error = "failed", f"{type(exc).__name__}: {exc}"
                 log.exception("scheduled task %s failed", name)
         finished = self.clock()
-        state = read_state(self.huey, name)
-        if state is None or state.get("token") != token:  # reseeded while this ran: the new chain goes on
+        if not self.current(name, token):  # replaced while this ran: the new chain goes on
             return
+        state = _get(self.huey, key) or state
         runs = dict(state.get("runs") or {})
         runs[outcome] = runs.get(outcome, 0) + 1
         last = dict(state.get("last") or {})
         last[outcome] = finished
         nxt = schedule.next(due, started, finished)
-        self._write(name, state, state="due", at=nxt, runs=runs, last=last,
-                    error=error, seconds=round(finished - started, 6))
+        self.huey.put(key, {**state, "state": "due", "at": nxt, "runs": runs, "last": last,
+                            "error": error, "seconds": round(finished - started, 6)})
         self._task.schedule(args=(name, token, nxt), delay=max(0.0, nxt - self.clock()))
         log.info("scheduled task %s: %s in %.3f s; next in %.1f s", name, outcome, finished - started, max(0.0, nxt - finished))
 
     def _beat(self, name: str, token: str) -> bool:
-        state = read_state(self.huey, name)
-        if state is None or state.get("token") != token:
+        if not self.current(name, token):
             return False
-        self._write(name, state, at=self.clock())
+        key = chain_key(name, token)
+        self.huey.put(key, {**(_get(self.huey, key) or {}), "at": self.clock()})
         return True
-
-    def _write(self, name: str, current: dict[str, Any], **changes: Any) -> None:
-        self.huey.put(state_key(name), {**current, **changes})
 
 
 class _Heartbeat:

@@ -11,6 +11,7 @@ import pytest
 from huey import SqliteHuey
 
 from jobs.forecasts import SqliteForecasts
+from jobs.periodic import chain_key, token_key
 from jobs.queue import QUEUE_NAME
 from predict import ModelRegistry
 from serve_http import create_app
@@ -130,8 +131,10 @@ def test_recommendation_answers_the_ensemble_in_the_seeds_shape(client):
 def test_metrics_report_the_job_workers_scheduled_runs(client, tmp_path):
     (tmp_path / "jobs").mkdir(exist_ok=True)
     huey = SqliteHuey(QUEUE_NAME, filename=str(tmp_path / "jobs" / "queue.db"), results=False)
-    huey.put("schedule:forecasts", {"token": "t", "state": "due", "at": time.time(), "runs": {"ok": 7, "failed": 2},
-                                    "last": {"ok": 1_700_000_000.0}})
+    # A chain's state as the job worker writes it (jobs/periodic.py).
+    huey.put(token_key("forecasts"), {"token": "t", "schedule": "rate 1h"})
+    huey.put(chain_key("forecasts", "t"), {"state": "due", "at": time.time(), "runs": {"ok": 7, "failed": 2},
+                                           "last": {"ok": 1_700_000_000.0}})
     body = client.get("/metrics").get_data(as_text=True)
     assert 'serve_http_scheduled_runs_total{outcome="ok",task="forecasts"} 7.0' in body
     assert 'serve_http_scheduled_runs_total{outcome="failed",task="forecasts"} 2.0' in body

@@ -11,7 +11,7 @@ import pytest
 from huey import SqliteHuey
 from huey.consumer import Consumer
 
-from jobs.periodic import Periodic, read_state, run_counts
+from jobs.periodic import Periodic, chain_key, read_state, run_counts
 from serving.metrics import ScheduledRuns, exposition
 from serving.schedule import Schedule
 from serving.settings import Settings
@@ -138,7 +138,7 @@ def test_one_chain_however_often_it_is_seeded(tmp_path):
         elsewhere = SqliteHuey("test-schedule", filename=str(huey_path), results=False)
         other = Periodic(elsewhere, {"sweep": Schedule.parse("rate 1.5s")}, {"sweep": recorder(runs)}, 30, 0.2)
         assert other.watch() == ["sweep"]
-        wait_for(lambda: len(runs) >= 5, 30, "five runs")
+        wait_for(lambda: len(runs) >= 6, 30, "six runs")
         # One chain: one scheduled message at a time, never two.
         counts = []
         for _ in range(10):
@@ -156,7 +156,9 @@ def test_a_chain_whose_worker_died_is_reseeded(tmp_path):
     assert periodic.watch() == []  # healthy: due now, not yet late
     token = read_state(huey, "sweep")["token"]
     # A run that started and stopped heartbeating (its process was killed).
-    huey.put("schedule:sweep", {**read_state(huey, "sweep"), "state": "running", "at": time.time() - 6})
+    huey.put(chain_key("sweep", token), {"state": "running", "at": time.time() - 6, "runs": {"ok": 4}})
     assert periodic.watch() == ["sweep"]
     state = read_state(huey, "sweep")
     assert state["token"] != token and state["state"] == "due"
+    assert state["runs"] == {"ok": 4}  # the counts carry over to the new chain
+    assert huey.get(chain_key("sweep", token), peek=True) is None  # the dead chain's state is gone
