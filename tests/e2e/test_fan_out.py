@@ -16,6 +16,7 @@ import requests
 import yaml
 
 from tests.e2e.server import GunicornServer, wait_for
+from tests.e2e.test_faults import show
 from tests.e2e.upstream import Upstream
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +59,7 @@ def predict(server, model: str, text: str = "a warm, funny film") -> tuple[reque
     return r, time.perf_counter() - started
 
 
-def test_four_members_are_called_concurrently(fleet):
+def test_four_members_are_called_concurrently(fleet, capsys):
     server, ups, _ = fleet
     predict(server, "fan")  # connections made and pooled
     timings = []
@@ -67,6 +68,7 @@ def test_four_members_are_called_concurrently(fleet):
         assert r.status_code == 200, r.text
         timings.append(seconds)
     # One after another the four would take 4 x 250 ms = 1 s.
+    show(capsys, "fan-out", ms=[round(t * 1000) for t in timings])
     assert statistics.median(timings) < 0.45, timings
     (out,) = r.json()["outputs"]
     # The mean of the four members' probabilities (one of them over V2).
@@ -115,7 +117,7 @@ def upstream_connections(pid: int, ports: set[int]) -> int:
     return count
 
 
-def test_no_thread_or_connection_leaks_over_200_requests(fleet):
+def test_no_thread_or_connection_leaks_over_200_requests(fleet, capsys):
     server, ups, _ = fleet
     (pid,) = server.worker_pids()
     ports = {u.port for u in ups}
@@ -129,6 +131,9 @@ def test_no_thread_or_connection_leaks_over_200_requests(fleet):
     threads, connections = worker_threads(pid), upstream_connections(pid, ports)
     accepted = sum(u.connections for u in ups)
     burst(200)
+    after_threads, after_connections = worker_threads(pid), upstream_connections(pid, ports)
+    show(capsys, "fan-out leaks", threads_before=threads, threads_after=after_threads, connections_before=connections,
+         connections_after=after_connections, accepted_during=sum(u.connections for u in ups) - accepted)
     assert worker_threads(pid) <= threads, (threads, worker_threads(pid))
     assert upstream_connections(pid, ports) <= connections, (connections, upstream_connections(pid, ports))
     # Pooled: 800 member calls, and every upstream accepted no new connection beyond the pool's.
