@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# torch alone from the CPU wheel index (PyPI's torch pulls CUDA wheels); the Dockerfile uses the same line.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 SENTIMENT := models/sentiment/model.joblib
 MINILM_HEAD := models/minilm-sentiment/head.joblib
 IRIS := models/iris/model.joblib
@@ -12,13 +14,17 @@ DIABETES := models/diabetes/model.joblib
 DIGITS := models/digits/weights.pt
 STREAMFLOW := models/streamflow/model.json
 ENSEMBLE := models/sentiment-ensemble/metrics.json
+NODE_STAMP := postman/node_modules/.installed
+COLLECTION := var/postman/serve-http.postman_collection.json
 
-.PHONY: install models serve worker test test-fast browser redis bench bench-jobs openapi settings-table clean
+.PHONY: install models serve worker test test-fast browser redis postman bench bench-jobs openapi settings-table clean
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+# The runtime requirements and the tests' (requirements-dev.txt includes requirements.txt).
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/pip install --retries 2 --no-deps --extra-index-url $(TORCH_INDEX) "$$(grep -m1 '^torch==' requirements.txt)"
+	$(BIN)/pip install -r requirements-dev.txt
+	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
 	touch $@
 
 install: $(STAMP)
@@ -48,9 +54,13 @@ $(ENSEMBLE): $(STAMP) $(SENTIMENT) $(MINILM_HEAD) training/eval_ensemble.py mode
 
 models: $(SENTIMENT) $(MINILM_HEAD) $(IRIS) $(DIABETES) $(DIGITS) $(STREAMFLOW) $(ENSEMBLE)
 
-# Gunicorn and the job worker together; Ctrl-C stops both (jobs/launch.py).
-serve: models
-	$(BIN)/python -m jobs.launch
+# Gunicorn and the job worker together; Ctrl-C stops both (jobs/launch.py). It
+# starts once the quick models are trained (about 15 s); the MiniLM head and the
+# ensemble over it (about a minute) train beside it, niced, and are served when
+# done (optional: true in their model.yaml; until then /readyz says why not).
+QUICK_MODELS := $(SENTIMENT) $(IRIS) $(DIABETES) $(DIGITS) $(STREAMFLOW)
+serve: $(QUICK_MODELS)
+	$(BIN)/python -m jobs.launch --then "nice -n 10 $(MAKE) --no-print-directory models"
 
 # A job worker alone: more workers, or workers on other machines (REDIS_URL).
 worker: models
@@ -63,8 +73,20 @@ browser:
 redis:
 	command -v redis-server >/dev/null || scripts/apt-install.sh redis-server
 
-test: models browser redis
+test: models browser redis postman
 	$(BIN)/python -m pytest
+
+# openapi-to-postmanv2 and newman, pinned in postman/package-lock.json; node and npm from Debian.
+$(NODE_STAMP): postman/package.json postman/package-lock.json
+	command -v node >/dev/null && command -v npm >/dev/null || scripts/apt-install.sh nodejs npm
+	cd postman && npm ci --no-audit --no-fund
+	touch $@
+
+# The Postman collection of openapi.yml, and the files its forms send (README: Postman).
+$(COLLECTION): $(NODE_STAMP) $(STAMP) openapi.yml scripts/gen_postman.py
+	$(BIN)/python scripts/gen_postman.py --out-dir $(@D)
+
+postman: $(COLLECTION)
 
 # Unit and API tests only: no Gunicorn, no browser.
 test-fast: models

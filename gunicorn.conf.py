@@ -57,7 +57,10 @@ limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
 
-# One formatter for the app's loggers and Gunicorn's error and access logs.
+# One formatter for the app's loggers and Gunicorn's error and access logs;
+# libraries' warnings and progress output become log records too, before the
+# preloaded app imports them.
+logs.route_library_output()
 logs.GunicornLogger.kind = _settings.log_format
 logger_class = logs.GunicornLogger
 logconfig_dict = logs.logging_config(_settings.log_format, _settings.log_level)

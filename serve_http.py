@@ -29,7 +29,7 @@ from api.embeddings import embeddings
 from api.forecast import init_forecast
 from api.docs import docs
 from api.v2 import v2
-from api.metrics import metrics_blueprint
+from api.metrics import UNMATCHED, metrics_blueprint, request_route
 from api.jobs import init_jobs
 from api.routes import v1
 from api.stream import stream
@@ -204,9 +204,8 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         g.started = time.perf_counter()
         g.request_id = request_id_for(request.headers.get("X-Request-ID", ""))
         g.request_id_token = REQUEST_ID.set(g.request_id)
-        # The template, not the path: /v1/models/<name>/predict is one series.
-        rule = request.url_rule
-        g.route = rule.rule if rule is not None else "<unmatched>"
+        # The template, not the path: /v1/models/{name}/predict is one series.
+        g.route = request_route()
         request.environ[ENV_ROUTE] = g.route
         g.in_progress = metrics.IN_PROGRESS.labels(g.route)
         g.in_progress.inc()
@@ -264,16 +263,18 @@ def render_error(error: BaseException):
             response.headers["WWW-Authenticate"] = 'Bearer realm="serve-http"'
         if status == 503:
             response.headers["Retry-After"] = "1" if isinstance(error, Overloaded) else "5"
-            metrics.REJECTED.labels(g.get("route", "<unmatched>"), error.code).inc()
+            metrics.REJECTED.labels(g.get("route", UNMATCHED), error.code).inc()
         return response
     if isinstance(error, RequestEntityTooLarge):
         limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return error_response(413, "payload_too_large", f"request body is larger than {limit} bytes")
+        return error_response(413, "payload_too_large", f"request body is larger than {limit} bytes", {"limit": limit})
     if isinstance(error, HTTPException):
         code = (error.name or "error").lower().replace(" ", "_")
-        response = error_response(error.code or 500, code, error.description or error.name)
-        if error.code == 405 and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
+        allowed = getattr(error, "valid_methods", None) if error.code == 405 else None
+        details = {"allowed": allowed} if allowed else None
+        response = error_response(error.code or 500, code, error.description or error.name, details)
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
         return response
     log.exception("unhandled error on %s %s", request.method, g.get("route", request.path), exc_info=error)
     return error_response(500, "internal_error", "internal server error")
@@ -293,8 +294,10 @@ def __getattr__(name: str) -> Any:
         try:
             application = create_app()
         except ModelLoadError as exc:
-            # One line naming the model, not a traceback, in the master's log.
-            raise SystemExit(f"serve-http: cannot start: {exc}") from None
+            # One line naming the model, not a traceback: a log record, so it
+            # is JSON like every other line when the logs are.
+            log.critical("serve-http: cannot start: %s", exc)
+            raise SystemExit(1) from None
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -8,7 +8,8 @@
   kept on ``flask.g.api_key_name`` for logs; the key itself is never logged.
 - Route groups listed in ``SERVE_PUBLIC_ROUTES`` need no key.
 - CORS (flask-cors) only when ``SERVE_CORS_ORIGINS`` is set; preflights need no
-  key, and error responses carry the headers too so browsers can read them.
+  key, and error responses carry the headers too so browsers can read them;
+  with listed origins every answer says ``Vary: Origin``.
 """
 
 from __future__ import annotations
@@ -131,16 +132,37 @@ def install_auth(app: Flask, settings: Settings) -> None:
 
 def install_cors(app: Flask, settings: Settings) -> None:
     """Cross-origin headers for the allowed origins. When none is set, only the
-    forecast seed's read-only routes answer any origin (``*``), as the seed did."""
+    forecast seed's read-only routes answer any origin (``*``), as the seed did.
+
+    Listed origins make every answer depend on the ``Origin`` header (an
+    allowed one is echoed back, any other or none gets no CORS headers), so
+    every answer then says ``Vary: Origin``, for caches; ``*`` is the same
+    answer for all and needs none. flask-cors's own ``vary_header`` is off: it
+    sends Vary only when the origin matched one of several patterns, not for
+    one listed origin, nor on the answers to other origins or to none.
+    """
     if not settings.cors_origins:
-        CORS(app, resources=SEED_CORS_ROUTES, origins="*", send_wildcard=True, expose_headers=EXPOSED_HEADERS, max_age=600)
+        CORS(app, resources=SEED_CORS_ROUTES, origins="*", send_wildcard=True, vary_header=False,
+             expose_headers=EXPOSED_HEADERS, max_age=600)
         return
+    wildcard = settings.cors_origins == ["*"]
     CORS(
         app,
         origins=settings.cors_origins,
         supports_credentials=settings.cors_allow_credentials,
         # "*" answers "*", not the caller's origin echoed back.
-        send_wildcard=settings.cors_origins == ["*"],
+        send_wildcard=wildcard,
+        # Without an Origin (not a browser's CORS request) no CORS headers:
+        # flask-cors would list every origin, one Access-Control-Allow-Origin each.
+        always_send=wildcard,
+        vary_header=False,
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
+    if wildcard:
+        return
+
+    @app.after_request
+    def vary_by_origin(response):
+        response.vary.add("Origin")  # a header set: merged with any other Vary
+        return response

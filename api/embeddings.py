@@ -28,7 +28,7 @@ from api.context import services
 from api.spec import spec
 from serving.errors import ServeError, invalid
 from tasks import TEXT_EMBEDDING
-from tasks.base import Strict
+from tasks.base import Integer, Strict
 
 embeddings = Blueprint("embeddings", __name__)
 
@@ -37,7 +37,7 @@ class EmbeddingsRequest(Strict):
     model: str = Field(min_length=1, max_length=64, description="A text-embedding model of the repository, e.g. minilm.")
     input: Any = Field(description="A text, or a list of texts (token arrays are not taken).")
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
-    dimensions: Optional[int] = Field(None, ge=1, description="Only the model's own dimension is accepted.")
+    dimensions: Optional[Integer] = Field(None, ge=1, description="Only the model's own dimension is accepted.")
     user: Optional[str] = Field(None, max_length=256, description="Accepted and ignored.")
 
 
@@ -115,7 +115,7 @@ def openai_error(error: BaseException):
     response = render_error(error)
     found = (response.get_json(silent=True) or {}).get("error") or {}
     message, code = found.get("message", "internal server error"), found.get("code")
-    details = [d for d in found.get("details") or () if isinstance(d, dict) and "field" in d]
+    details = [d for d in found.get("details") or () if d.get("field")]
     param = details[0]["field"] if details else None
     if details and details[0].get("message") != message:
         message = f"{message}: " + "; ".join(f"{d['field']}: {d.get('message', '')}" for d in details)

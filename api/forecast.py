@@ -181,8 +181,8 @@ def envelope_error(error: BaseException):
     response = render_error(error)
     found = (response.get_json(silent=True) or {}).get("error") or {}
     message = found.get("message", "internal server error")
-    details = found.get("details")
-    fields = [d for d in details if isinstance(d, dict) and "field" in d] if isinstance(details, list) else []
+    # The field paths, unless a detail only repeats the message.
+    fields = [d for d in found.get("details") or () if d.get("field") and d.get("message") != message]
     if fields:
         message = f"{message}: " + "; ".join(f"{d['field']}: {d.get('message', '')}" for d in fields)
     response.set_data(orjson.dumps({"success": False, "message": message, "data": None, "error": found}))

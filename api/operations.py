@@ -63,8 +63,11 @@ def answer_detect_request(body: DetectRequest) -> dict:
         for i, item in enumerate(body.requests)
     ]
     answers = []
-    for item, inputs in zip(body.requests, decoded):
-        runs = [predictor.run(inputs.with_parameters(feature)) for feature in item.features]
+    for i, (item, inputs) in enumerate(zip(body.requests, decoded)):
+        runs = [
+            predictor.run(inputs.with_parameters(feature, f"requests[{i}].features[{j}]"))
+            for j, feature in enumerate(item.features)
+        ]
         for outcome in runs:
             note_prediction(outcome)
         answer = runs[0].outputs()[0]

@@ -8,19 +8,31 @@ field instead of a silently ignored or reinterpreted option.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from tasks.base import Strict
+from tasks.fields import IMAGE_SCHEMA
+from tasks.text import Text
 from tasks.detection import DetectionParameters, Detections
 from tasks.classification import ClassScores
 
 # --- detection -------------------------------------------------------------
 
 
+Base64File = Annotated[str, Field(min_length=1), WithJsonSchema(IMAGE_SCHEMA)]
+
+
+def one_of(*fields: tuple[str, dict[str, Any]]) -> ConfigDict:
+    """A model config whose JSON schema says: exactly one of these fields, not null."""
+    return ConfigDict(
+        json_schema_extra={"oneOf": [{"required": [name], "properties": {name: schema}} for name, schema in fields]}
+    )
+
+
 class ImageContent(Strict):
-    content: str = Field(min_length=1, description="The image file (JPEG, PNG, ...) in base64.")
+    content: Base64File
 
 
 class DetectItem(Strict):
@@ -50,8 +62,10 @@ class DetectResponse(BaseModel):
 
 
 class ClassifyRequest(Strict):
-    text: Optional[str] = Field(None, description="One text.")
-    texts: Optional[list[str]] = Field(None, min_length=1, description="Several texts, answered in order.")
+    model_config = one_of(("text", {"type": "string"}), ("texts", {"type": "array"}))
+
+    text: Optional[Text] = Field(None, description="One text.")
+    texts: Optional[list[Text]] = Field(None, min_length=1, description="Several texts, answered in order.")
     model: Optional[str] = Field(None, max_length=64, description="Classifier; the default classifier if omitted.")
 
     @model_validator(mode="after")
@@ -190,7 +204,7 @@ class SeedHealth(Health):
 class FlatPredictRequest(DetectionParameters):
     """``POST /predict``: one base64 image with the detection options beside it."""
 
-    image: str = Field(min_length=1, description="The image file in base64.")
+    image: Base64File
 
     def parameters(self) -> DetectionParameters:
         return DetectionParameters(**self.model_dump(exclude={"image"}))
@@ -209,7 +223,7 @@ class FlatPredictResponse(BaseModel):
 
 
 class PredictionRequest(Strict):
-    text: str
+    text: Text
 
 
 class PredictionResponse(BaseModel):
@@ -219,6 +233,8 @@ class PredictionResponse(BaseModel):
 class RecommendationRequest(Strict):
     """One input (``input``) or several (``inputs``) of the ensemble named by
     ``SERVE_RECOMMENDATION_ENSEMBLE``, as its task takes them."""
+
+    model_config = one_of(("input", {"not": {"type": "null"}}), ("inputs", {"type": "array"}))
 
     input: Any = Field(None, description="One input; the answer's result is one output.")
     inputs: Optional[list[Any]] = Field(None, min_length=1, description="Several inputs; the result is a list.")
@@ -289,10 +305,30 @@ class JobStatus(BaseModel):
 # --- errors ---------------------------------------------------------------------------
 
 
+class ErrorDetailItem(BaseModel):
+    """One entry of an error's ``details``, in the shape pydantic reports a
+    validation problem; further keys carry the values of its kind."""
+
+    model_config = ConfigDict(extra="allow")
+
+    field: Optional[str] = Field(
+        description="Path of the input it is about (`requests[0].image.content`, `text`), or null for none.",
+    )
+    message: str = Field(description="What is wrong, for a person.")
+    type: str = Field(
+        description="A stable name to branch on: pydantic's error type for a validation problem "
+        "(`missing`, `extra_forbidden`, `value_error` ...), else the error's code.",
+    )
+
+
 class ErrorDetail(BaseModel):
-    code: str
+    code: str = Field(description="A stable name of the error (`validation_failed`, `model_not_found` ...).")
     message: str
-    details: Any = None
+    details: list[ErrorDetailItem] = Field(
+        description="Always a list, empty when there is nothing to add: one entry per problem "
+        "(every field of a validation error), or one about the error with the values it carries "
+        "(`limit`, `available`, `allowed` ...).",
+    )
     request_id: str
 
 

@@ -77,7 +77,7 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         spec.register(app, register_route=False)
         _document = _complete(dict(spec.spec))
     served = app.extensions["serve_http"]
-    return add_model_operations(_document, served.registry, served.settings.max_batch_items)
+    return add_model_operations(_document, served.registry, served.settings)
 
 
 _document: dict[str, Any] | None = None
@@ -94,7 +94,8 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
     document["info"] = {
         **document.get("info", {}),
         "description": "Model server: any model of the repository over JSON (text, images, "
-        "tabular records, custom inputs). Every error is {error: {code, message, details, request_id}}.",
+        "tabular records, custom inputs). Every error is {error: {code, message, details, request_id}}, "
+        "details always a list of {field, message, type, ...} objects.",
     }
     _unique_operation_ids(document)
     _inference_bodies(document)
@@ -140,13 +141,19 @@ def _inference_bodies(document: dict[str, Any]) -> None:
                 "content": {
                     "application/json": {"schema": reference, "example": example},
                     BINARY_TYPE: {
-                        "schema": {"type": "string", "format": "binary"},
-                        "description": "The JSON header, then the binary tensor data (Inference-Header-Content-Length).",
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The JSON header, then the binary tensor data (Inference-Header-Content-Length).",
+                        },
                     },
                 },
             }
             answer = operation["responses"]["200"].setdefault("content", {})
             answer[BINARY_TYPE] = {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Outputs asked in binary: the JSON header, then their data.",
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "Outputs asked in binary: the JSON header, then their data.",
+                },
             }

@@ -323,7 +323,10 @@ class StreamSession:
             return self._error(ValidationFailed("option message does not match the schema", details=details))
         merged = self.options.model_copy(update=incoming.model_dump(exclude_unset=True))
         try:
-            self.services.predictor.model(merged.model or self.services.settings.default_detector, task=OBJECT_DETECTION)
+            _, task = self.services.predictor.model(
+                merged.model or self.services.settings.default_detector, task=OBJECT_DETECTION
+            )
+            task.parameters(merged.parameters(), field="options")  # e.g. a type the model has no label for
         except ServeError as error:
             return self._error(error)
         self.options = merged

@@ -248,7 +248,7 @@ def v2_error(error: BaseException):
     response = render_error(error)
     found = (response.get_json(silent=True) or {}).get("error") or {}
     message = found.get("message", "internal server error")
-    details = [d for d in found.get("details") or () if isinstance(d, dict) and "field" in d]
+    details = [d for d in found.get("details") or () if d.get("field")]
     if details:  # the field paths, as the one line the protocol has room for
         problems = "; ".join(f"{d['field']}: {d.get('message', '')}" for d in details)
         message = problems if len(details) == 1 and details[0].get("message") == message else f"{message}: {problems}"

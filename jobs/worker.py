@@ -31,6 +31,7 @@ from jobs.runner import JobRunner
 from predict import ModelRegistry, Predictor
 from serving import logs
 from serving.cache import DiskCache, NullCache
+from serving.errors import ModelLoadError
 from serving.schedule import Schedule
 from serving.settings import Settings
 from serving.threads import set_compute_threads
@@ -125,9 +126,16 @@ def build_consumer(settings: Settings) -> JobConsumer:
 
 def main() -> None:
     settings = Settings()
-    # The same log lines as the web processes: JSON (or text) with request ids.
+    # The same log lines as the web processes: JSON (or text) with request ids,
+    # libraries' output included.
+    logs.route_library_output()
     logging.config.dictConfig(logs.logging_config(settings.log_format, settings.log_level))
-    build_consumer(settings).run()
+    try:
+        consumer = build_consumer(settings)
+    except ModelLoadError as exc:  # one line naming the model, as the web server's
+        log.critical("job worker: cannot start: %s", exc)
+        raise SystemExit(1) from None
+    consumer.run()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ come from its fitted estimator. ``make models`` builds them first.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -20,13 +21,26 @@ from serve_http import create_app  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 
+class _Dumper(yaml.SafeDumper):
+    """Quotes every string a YAML 1.2 reader could take for a number (09447000,
+    1e5): PyYAML follows YAML 1.1, where a leading zero and a 9 make no number."""
+
+
+def _string(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    looks_numeric = bool(re.fullmatch(r"[-+]?(\d[\d_]*(\.\d*)?|\.\d+)([eE][-+]?\d+)?", value))
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'" if looks_numeric else None)
+
+
+_Dumper.add_representer(str, _string)
+
+
 def generate() -> str:
     settings = Settings(_env_file=None, cache_backend="none")
     registry = ModelRegistry(settings.model_repository)
     registry.load_all()
     app = create_app(settings, registry=registry)
     document = openapi_document(app)
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 if __name__ == "__main__":

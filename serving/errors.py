@@ -3,22 +3,50 @@
 The model layer and the codecs raise these; ``serve_http`` maps each class to an
 HTTP status in one table. Messages are written for the client: they never carry
 a traceback or internal paths.
+
+Every error's ``details`` has one shape: a list (empty when there is nothing
+to add) of objects, each ``{"field", "message", "type", ...}`` as pydantic
+reports a validation problem: ``field`` the path of the input it is about
+(``null`` when it is about no one field), ``message`` for a person, ``type`` a
+stable name to branch on, and any further keys the values it carries
+(``limit``, ``available`` ...).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+Detail = dict[str, Any]
+
+
+def error_details(details: Any, message: str, code: str) -> list[Detail]:
+    """``details`` in the one shape. ``None`` is no entry; a dict is one entry
+    about the error itself (its message and type, unless it names its own);
+    a list keeps its entries, each filled out the same way."""
+    if details is None:
+        return []
+    entries = [details] if isinstance(details, dict) else list(details)
+    return [
+        {"field": None, "message": message, "type": code, **entry}
+        if isinstance(entry, dict)
+        else {"field": None, "message": str(entry), "type": code}
+        for entry in entries
+    ]
+
 
 class ServeError(Exception):
-    """Base of every error the service reports to a client."""
+    """Base of every error the service reports to a client.
+
+    ``details`` may be given as one dict or a list of them
+    (see :func:`error_details`); it is kept in the one shape, a list.
+    """
 
     code = "internal_error"
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message)
         self.message = message
-        self.details = details
+        self.details = error_details(details, message, self.code)
 
 
 class InvalidInput(ServeError):
@@ -138,5 +166,6 @@ def invalid(field: str, message: str, kind: str = "value_error") -> ValidationFa
 
 
 def error_body(code: str, message: str, details: Any, request_id: str) -> dict[str, Any]:
-    """The one JSON shape of every error answer."""
+    """The one JSON shape of every error answer, ``details`` a list (:func:`error_details`)."""
+    details = error_details(details, message, code)
     return {"error": {"code": code, "message": message, "details": details, "request_id": request_id}}

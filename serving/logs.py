@@ -8,6 +8,9 @@
   one line per request: method, route template, path, status, duration, model,
   batch size, client address, request id. The app hands route, model and batch
   size to it through the WSGI environ (``serve.*`` keys).
+- Library output is log records too (:func:`route_library_output`): Python
+  warnings, transformers' own logger, no progress bars; so in JSON mode every
+  line a process writes is one JSON object.
 - Never logged: request bodies, headers, query strings, API keys (only the
   name of the key that matched).
 """
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 from contextvars import ContextVar
@@ -86,6 +90,22 @@ def logging_config(kind: str, level: str) -> dict[str, Any]:
             "flask_pydantic_spec": {"level": "WARNING"},
         },
     }
+
+
+def route_library_output() -> None:
+    """Send what libraries print at import and load through ``logging``; call
+    it before any model loads. Covers ``warnings.warn`` (logger ``py.warnings``),
+    transformers' logger (it has its own plain-text stderr handler and does not
+    propagate) and tqdm progress bars (transformers' and huggingface_hub's: off)."""
+    # For the processes this one starts too (huggingface_hub reads it at import).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.captureWarnings(True)
+    # Imported here, once per process start: its handler is added at import.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
 
 
 class GunicornLogger(glogging.Logger):

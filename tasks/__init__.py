@@ -95,7 +95,7 @@ def build_task(cls: type[Task], adapter: ModelAdapter) -> Task:
     except ModelLoadError:
         raise
     except ServeError as error:
-        problems = "; ".join(f"{d['field']}: {d['message']}" for d in error.details or () if isinstance(d, dict))
+        problems = "; ".join(f"{d['field']}: {d['message']}" for d in error.details if d["field"])
         raise ModelLoadError(adapter.name, f"the manifest's example is not a valid input: {problems or error.message}") from None
     except Exception as exc:  # a custom task or type that cannot be built
         raise ModelLoadError(adapter.name, f"task {adapter.manifest.task!r}: {one_line(exc)}") from exc

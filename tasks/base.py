@@ -16,13 +16,13 @@ Knows nothing of Flask or HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Mapping
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from serving.errors import ServeError, ValidationFailed, invalid
+from serving.errors import ServeError, ValidationFailed, error_details, invalid
 from tasks.tensors import BYTES, TensorSpec, byte_strings, utf8
 from utils_serve import ImageLimits
 
@@ -40,6 +40,17 @@ class Strict(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, hide_input_in_errors=True)
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer is a number with no fraction: 20.0 is one.
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer field of a request: 20 and 20.0 (JSON Schema's integers), never "20" or true.
+Integer = Annotated[int, BeforeValidator(_integral)]
 
 
 class NoParameters(Strict):
@@ -109,9 +120,10 @@ def schema_error(error: ValidationError, field: str, what: str = "input") -> Val
 
 
 def name_field(error: ServeError, field: str) -> ServeError:
-    """The same error, its details naming ``field`` beside what else they say."""
-    where = {"field": field}
-    error.details = {**error.details, **where} if isinstance(error.details, dict) else (error.details or where)
+    """The same error, each of its details that names no field naming ``field``
+    (one detail about the error itself when it had none)."""
+    details = error.details or error_details({}, error.message, error.code)
+    error.details = [{**detail, "field": detail["field"] or field} for detail in details]
     return error
 
 

@@ -109,7 +109,7 @@ def example_of(schema: dict[str, Any], defs: dict[str, Any], depth: int = 0) -> 
     if kind == "array":
         return [example_of(schema.get("items", {}), defs, depth + 1) for _ in range(max(1, schema.get("minItems", 1)))]
     if kind == "string":
-        if schema.get("contentEncoding") == "base64":
+        if schema.get("format") == "byte" or schema.get("contentEncoding") == "base64":
             return EXAMPLE_IMAGE
         return "x" * max(1, schema.get("minLength", 1))
     if kind in ("number", "integer"):

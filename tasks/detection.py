@@ -11,12 +11,13 @@ import on our CPU build.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from tasks.base import Decoded, Strict
+from serving.errors import invalid
+from tasks.base import Decoded, Integer, Strict
 from tasks.image import ImageTask
 from tasks.results import Detection
 from tasks.tensors import BYTES, TensorSpec, utf8
@@ -25,7 +26,7 @@ from tasks.tensors import BYTES, TensorSpec, utf8
 class DetectionParameters(Strict):
     """Detection options, named as in the seed API."""
 
-    maxResults: int = Field(20, ge=1, le=1000, description="Most objects returned.")
+    maxResults: Integer = Field(20, ge=1, le=1000, description="Most objects returned.")
     score_th: float = Field(0.3, ge=0, le=1, description="Lowest score kept.")
     nms_iou: float = Field(0.4, ge=0, le=1, description="IoU above which overlapping boxes of one label are merged.")
     min_height: float = Field(0.0, ge=0, le=1, description="Smallest box height, as a fraction of the image height.")
@@ -146,6 +147,16 @@ class ObjectDetection(ImageTask):
     name = "object-detection"
     Parameters = DetectionParameters
     Output = Detections
+
+    def parameters(self, raw: BaseModel | Mapping[str, Any] | None, field: str = "parameters") -> BaseModel:
+        """The options, validated; a ``type`` that is none of the model's labels
+        is a 422 (it would keep no object, and look like an empty image)."""
+        options = super().parameters(raw, field)
+        labels = self.model.labels
+        if options.type is not None and labels and options.type not in labels:
+            shown = ", ".join(labels[:20]) + (" ..." if len(labels) > 20 else "")
+            raise invalid(f"{field}.type", f"{options.type!r} is not a label of model {self.model.name!r} ({shown})")
+        return options
 
     def finish(self, result: list[Detection], decoded: Decoded, parameters: DetectionParameters) -> list[Detection]:
         width, height = decoded.value.size

@@ -9,18 +9,18 @@ longest is a 422 naming the field.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 
 from serving.errors import invalid
-from tasks.base import Decoded, Limits, Strict, Task, canonical_json, schema_error
+from tasks.base import Decoded, Integer, Limits, Strict, Task, canonical_json, schema_error
 from tasks.results import Forecast
 
 
 class ForecastRequest(Strict):
     series: str = Field(min_length=1, max_length=128, description="The series (site) to forecast.")
-    horizon: int = Field(ge=1, description="How many steps (days) ahead.")
+    horizon: Integer = Field(ge=1, description="How many steps (days) ahead.")
 
 
 class ForecastStep(BaseModel):
@@ -39,8 +39,19 @@ class TimeSeriesForecast(Task):
     """`{series, horizon}` -> `{series, forecast: [{time, value, lower, upper}]}`."""
 
     name = "time-series-forecast"
-    item_type = ForecastRequest
     Output = ForecastOut
+
+    @property
+    def item_type(self) -> Any:  # type: ignore[override]
+        """The request, its schema naming this model's series and longest horizon."""
+        schema = ForecastRequest.model_json_schema()
+        known = list(getattr(self.model, "series", ()))
+        if known:
+            schema["properties"]["series"]["enum"] = known
+        longest = getattr(self.model, "max_horizon", None)
+        if longest:
+            schema["properties"]["horizon"]["maximum"] = longest
+        return Annotated[ForecastRequest, WithJsonSchema(schema)]
 
     def decode(self, item: Any, parameters: BaseModel, limits: Limits, field: str) -> Decoded:
         try:

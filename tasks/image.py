@@ -9,6 +9,7 @@ RGB ``PIL.Image.Image``; the cache keys on the digest of the file's bytes.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -22,10 +23,10 @@ from tasks.results import Classification
 from tasks.tensors import BYTES, TensorSpec, byte_strings, utf8
 from utils_serve import DecodedImage, decode_image, load_image_file, sniff_format
 
-# A 1x1 white PNG: a ready body that decodes (models answer little for it).
-EXAMPLE_IMAGE = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4//8/AAX+Av4N70a4AAAAAElFTkSuQmCC"
-)
+# The docs' example image: a 96x108 JPEG of a face (scikit-image's astronaut
+# photo, public domain), 3 KB; the face detector finds it.
+EXAMPLE_IMAGE_FILE = Path(__file__).with_name("example.jpg")
+EXAMPLE_IMAGE = base64.b64encode(EXAMPLE_IMAGE_FILE.read_bytes()).decode("ascii")
 
 
 def decode_image_item(item: Any, limits: Limits, field: str) -> DecodedImage:

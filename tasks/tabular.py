@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -29,6 +29,9 @@ NUMBER = "number"
 STRING = "string"
 #: The V2 tensor of all numeric features of a tabular model, [N, F] in feature order.
 MATRIX = "features"
+#: A numeric feature must fit in float32: XGBoost and LightGBM read float32, and
+#: a larger value is infinite there (the model's answer is then no number).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class Feature:
 def _value_type(feature: Feature) -> Any:
     if feature.kind == STRING:
         base: Any = Literal[feature.categories] if feature.categories else str  # type: ignore[valid-type]
-    else:
-        base = float  # strict float takes JSON integers too, never strings or booleans
+    else:  # strict float takes JSON integers too, never strings or booleans
+        base = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
     return Optional[base] if feature.nullable else base
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema
 
 from serving.errors import invalid
 from tasks.base import Decoded, Limits, Strict, Task, canonical_json, schema_error
@@ -17,6 +17,15 @@ from tasks.results import Answer, Entity
 from tasks.tensors import BYTES, TensorSpec, texts, utf8
 
 EXAMPLE_TEXT = "a warm, funny, beautifully acted film"
+#: What ``check_text`` takes, as a JSON schema: a string with a character that
+#: is not white space (at most ``SERVE_MAX_TEXT_CHARS``, 20,000 by default).
+TEXT_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": r"\S",
+    "description": "A text, with at least one character that is not white space.",
+}
+Text = Annotated[str, WithJsonSchema(TEXT_SCHEMA)]
 
 
 def check_text(item: Any, limits: Limits, field: str) -> str:
@@ -33,7 +42,7 @@ def check_text(item: Any, limits: Limits, field: str) -> str:
 class TextTask(Task):
     """One input is one non-blank text of at most ``SERVE_MAX_TEXT_CHARS`` characters."""
 
-    item_type = Annotated[str, Field(min_length=1, description="A text.")]
+    item_type = Text
 
     def decode(self, item: Any, parameters: BaseModel, limits: Limits, field: str) -> Decoded:
         text = check_text(item, limits, field)

@@ -18,6 +18,16 @@ def test_openapi_yml_is_generated_from_the_code():
     assert checked_in == yaml.safe_load(generate()), "openapi.yml drifted: run `make openapi`"
 
 
+def test_openapi_yml_is_valid_openapi():
+    from openapi_spec_validator import validate
+
+    document = yaml.safe_load((REPO_ROOT / "openapi.yml").read_text())
+    assert document["openapi"].startswith("3.1")
+    validate(document)  # raises, naming the first error; operation ids must be unique too
+    ids = [op["operationId"] for methods in document["paths"].values() for op in methods.values()]
+    assert len(ids) == len(set(ids))
+
+
 def test_openapi_documents_every_route():
     paths = yaml.safe_load((REPO_ROOT / "openapi.yml").read_text())["paths"]
     expected = {
@@ -67,10 +77,12 @@ def test_dockerfile_agrees_with_the_makefile():
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     instructions = [line for line in dockerfile.splitlines() if line and not line.startswith("#")]
     assert re.match(r"FROM python:3\.11-slim", instructions[0])
-    # The same install steps as the Makefile's environment.
+    # The same install steps as the Makefile's environment, less the tests'
+    # requirements (requirements-dev.txt includes requirements.txt; the split
+    # is checked in tests/test_deploy.py).
     install = " ".join(makefile_recipe("$(STAMP)"))
-    for requirement in ("-r requirements.txt", "--no-deps -r requirements-nodeps.txt"):
-        assert requirement in install and requirement in dockerfile
+    assert "-r requirements-dev.txt" in install and "-r requirements.txt" in dockerfile
+    assert "--no-deps -r requirements-nodeps.txt" in install and "--no-deps -r requirements-nodeps.txt" in dockerfile
     # Dependencies before code, so code edits keep the dependency layer cached.
     assert dockerfile.index("COPY requirements.txt") < dockerfile.index("COPY . .")
     # The model repository is built the way `make models` builds it.

@@ -59,6 +59,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make the project importab
 from adapters.manifest import load_manifest  # noqa: E402
 from adapters.text_embedding import TEXT_EMBEDDING, TextEmbedder  # noqa: E402
 from serving.errors import ModelLoadError  # noqa: E402
+from training.progress import bar  # noqa: E402
 from training.train_text_classifier import (  # noqa: E402
     LABELS_FILE,
     METRICS_FILE,
@@ -112,21 +113,25 @@ def load_encoder(folder: Path) -> TextEmbedder:
 
 
 def embed(
-    encoder: TextEmbedder, texts: Sequence[str], batch_size: int, max_length: int, bf16: bool = False
+    encoder: TextEmbedder, texts: Sequence[str], batch_size: int, max_length: int, bf16: bool = False,
+    desc: str = "embed",
 ) -> np.ndarray:
     """The (n, dim) float32 vectors of ``texts``, ``batch_size`` texts per forward pass.
 
     Texts go through in order of length so each batch pads to little more
     than its own texts; the vectors come back in the input order. ``bf16``
     runs the matrix products under bfloat16 autocast (pooling and
-    normalisation stay float32, after the final LayerNorm).
+    normalisation stay float32, after the final LayerNorm). On a terminal a
+    progress bar named ``desc`` counts the texts (shortest first, so the
+    rate falls and the ETA is optimistic until the long ones).
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     vectors = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), bar(len(texts), desc, unit="text") as progress:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             vectors[chunk] = encoder.encode([texts[i] for i in chunk], max_length=max_length)
+            progress.update(len(chunk))
     return vectors
 
 
@@ -224,9 +229,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         raise TrainingError(f"--max-length {max_length} exceeds the encoder's max_length {encoder.max_length}")
     bf16 = use_bf16(args.precision)
     loaded = time.perf_counter()
-    v_train = embed(encoder, x_train, args.batch_size, max_length, bf16=bf16)
+    train_precision = "bfloat16" if bf16 else "float32"
+    v_train = embed(encoder, x_train, args.batch_size, max_length, bf16=bf16, desc=f"embed train ({train_precision})")
     train_embedded = time.perf_counter()
-    v_test = embed(encoder, x_test, args.batch_size, max_length)  # float32, as served
+    v_test = embed(encoder, x_test, args.batch_size, max_length, desc="embed held-out (float32, as served)")
     embedded = time.perf_counter()
 
     try:
@@ -251,7 +257,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "source": encoder.manifest.source,
             "dim": encoder.dim,
             "max_length": max_length,
-            "train_precision": "bfloat16" if bf16 else "float32",
+            "train_precision": train_precision,
             "test_precision": "float32",
             "normalize": encoder.normalize,
             "batch_size": args.batch_size,
@@ -284,7 +290,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"held-out accuracy: {scores['accuracy']:.4f} (macro F1 {scores['macro_f1']:.4f}, C={best_c}, "
         f"n_train={len(x_train)}, n_test={len(x_test)}, embed {embedded - loaded:.1f}s "
-        f"({'bfloat16' if bf16 else 'float32'} training split), fit {fitted - embedded:.1f}s)"
+        f"({train_precision} training split), fit {fitted - embedded:.1f}s)"
     )
     if compared is not None:
         note = "" if compared["same_test_split"] else " (another test split: not comparable)"

@@ -46,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make the project importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from training.progress import bar  # noqa: E402
 from training.train_text_classifier import (  # noqa: E402
     METRICS_FILE,
     TrainingError,
@@ -136,17 +137,23 @@ def run_ar(recent: np.ndarray, phi: np.ndarray, horizon: int) -> np.ndarray:
     return np.array(out)
 
 
-def backtest(q: np.ndarray, clim: np.ndarray, phi: np.ndarray, doy: np.ndarray, start: int, horizon: int) -> dict[str, Any]:
-    """MAE and MAPE of the model and the baselines, origins from ``start`` on."""
+def backtest(
+    q: np.ndarray, clim: np.ndarray, phi: np.ndarray, doy: np.ndarray, start: int, horizon: int, desc: str = "backtest"
+) -> dict[str, Any]:
+    """MAE and MAPE of the model and the baselines, origins from ``start`` on
+    (a progress bar named ``desc`` on a terminal)."""
     anomaly = np.log1p(q) - clim[doy - 1]
     errors: dict[str, list[np.ndarray]] = {"model": [], "seasonal_naive": [], "persistence": []}
     actuals = []
-    for origin in range(max(start, 365), len(q) - horizon + 1):
-        days = np.arange(origin, origin + horizon)
-        predicted = np.expm1(clim[doy[days] - 1] + run_ar(anomaly[:origin], phi, horizon))
-        for name, forecast in (("model", predicted), ("seasonal_naive", q[days - 365]), ("persistence", np.full(horizon, q[origin - 1]))):
-            errors[name].append(np.abs(forecast - q[days]))
-        actuals.append(q[days])
+    origins = range(max(start, 365), len(q) - horizon + 1)
+    with bar(len(origins), desc, unit="origin") as progress:
+        for origin in origins:
+            days = np.arange(origin, origin + horizon)
+            predicted = np.expm1(clim[doy[days] - 1] + run_ar(anomaly[:origin], phi, horizon))
+            for name, forecast in (("model", predicted), ("seasonal_naive", q[days - 365]), ("persistence", np.full(horizon, q[origin - 1]))):
+                errors[name].append(np.abs(forecast - q[days]))
+            actuals.append(q[days])
+            progress.update()
     actual = np.array(actuals)
     positive = actual > 0
     scores = {}
@@ -220,7 +227,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise TrainingError(f"site {site['id']}: too short for {args.test_years} held-out years")
         clim = climatology(np.log1p(q[:test_from]), doy[:test_from])
         phi = fit_ar(np.log1p(q[:test_from]) - clim[doy[:test_from] - 1])
-        scores = backtest(q, clim, phi, doy, test_from, args.horizon)
+        scores = backtest(q, clim, phi, doy, test_from, args.horizon, desc=f"backtest {site['id']}")
         beaten = scores["model"]["mae"] < scores["seasonal_naive"]["mae"] and scores["model"]["mape"] < scores["seasonal_naive"]["mape"]
         if not beaten:
             raise TrainingError(f"site {site['id']}: the model does not beat the seasonal-naive baseline ({scores}); nothing written")

@@ -408,13 +408,19 @@ def command_line(
     train: Callable[[argparse.Namespace], Any],
     argv: Sequence[str] | None,
 ) -> int:
-    """Run a training script; its exit status (0 on success, 1 on bad input)."""
+    """Run a training script; its exit status (0 on success, 1 on bad input).
+
+    Ends with one line saying how long the run took, so a log of ``make models``
+    shows where the time went.
+    """
     args = parse(argv)
+    started = time.perf_counter()
     try:
         train(args)
     except TrainingError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    print(f"{prog}: done in {time.perf_counter() - started:.1f}s", flush=True)
     return 0
 
 

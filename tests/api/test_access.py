@@ -99,7 +99,7 @@ def test_wrong_keys_get_the_same_401(settings, registry, headers):
     r = client.post("/v1/classify", json=BODY, headers=headers)
     error = error_of(r, 401)
     # The same answer whatever was wrong: nothing hints which part failed.
-    assert (error["code"], error["message"], error["details"]) == ("unauthorized", "missing or invalid API key", None)
+    assert (error["code"], error["message"], error["details"]) == ("unauthorized", "missing or invalid API key", [])
     assert r.headers["WWW-Authenticate"] == 'Bearer realm="serve-http"'
 
 
@@ -183,3 +183,46 @@ def test_credentials_only_with_named_origins(settings, registry):
     r = anyone.get("/healthz", headers={"Origin": ORIGIN})
     assert r.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Credentials" not in r.headers
+
+
+def vary_of(response) -> list[str]:
+    """The Vary header's tokens, over every Vary line of the response."""
+    return [token.strip() for line in response.headers.getlist("Vary") for token in line.split(",") if token.strip()]
+
+
+PREFLIGHT = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+
+
+@pytest.mark.parametrize("origins", [[ORIGIN], [ORIGIN, "https://other.example.com"]])
+def test_listed_origins_answer_vary_origin_to_every_origin(settings, registry, origins):
+    client = keyed_client(settings, registry, api_keys=["abc123"], cors_origins=origins)
+    key = {"X-Api-Token": "abc123"}
+    answers = {
+        "allowed": client.post("/v1/classify", json=BODY, headers={"Origin": ORIGIN, **key}),
+        "disallowed": client.post("/v1/classify", json=BODY, headers={"Origin": "https://evil.example", **key}),
+        "no origin": client.post("/v1/classify", json=BODY, headers=key),
+        "allowed preflight": client.options("/v1/classify", headers={"Origin": ORIGIN, **PREFLIGHT}),
+        "disallowed preflight": client.options("/v1/classify", headers={"Origin": "https://evil.example", **PREFLIGHT}),
+        "error": client.post("/v1/classify", json=BODY, headers={"Origin": ORIGIN}),
+        "seed route": client.get("/info", headers={"Origin": "https://evil.example"}),
+    }
+    assert {name: vary_of(r) for name, r in answers.items()} == {name: ["Origin"] for name in answers}
+    assert answers["allowed"].headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert answers["allowed preflight"].headers["Access-Control-Allow-Origin"] == ORIGIN
+    for name in ("disallowed", "no origin", "disallowed preflight", "seed route"):
+        assert "Access-Control-Allow-Origin" not in answers[name].headers, name
+    assert answers["error"].status_code == 401
+
+
+@pytest.mark.parametrize("origins", [["*"], []])
+def test_one_answer_for_every_origin_needs_no_vary(settings, registry, origins):
+    client = keyed_client(settings, registry, cors_origins=origins)
+    for origin in (ORIGIN, "https://evil.example"):
+        # /info: the seed's route, "*" when no origin is listed; /v1/classify: "*" or no CORS at all.
+        seed = client.get("/info", headers={"Origin": origin})
+        preflight = client.options("/info", headers={"Origin": origin, "Access-Control-Request-Method": "GET"})
+        classify = client.post("/v1/classify", json=BODY, headers={"Origin": origin})
+        assert seed.headers["Access-Control-Allow-Origin"] == "*"
+        assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+        assert classify.headers.get("Access-Control-Allow-Origin") == ("*" if origins else None)
+        assert [vary_of(seed), vary_of(preflight), vary_of(classify)] == [[], [], []]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.base import ModelAdapter
+from api.metrics import route_label
+from serving.settings import REPO_ROOT
 
 
 def sample(client, name: str, **labels) -> float:
@@ -17,11 +20,37 @@ def sample(client, name: str, **labels) -> float:
 
 
 def test_metrics_count_requests_by_route_template_and_status_class(client):
-    labels = {"route": "/v1/models/<name>/predict", "method": "POST", "status": "4xx"}
+    labels = {"route": "/v1/models/{name}/predict", "method": "POST", "status": "4xx"}
     before = sample(client, "serve_http_requests_total", **labels)
     assert client.post("/v1/models/nope/predict", json={"inputs": ["x"]}).status_code == 404
     assert client.post("/v1/models/also-nope/predict", json={"inputs": ["x"]}).status_code == 404
     assert sample(client, "serve_http_requests_total", **labels) == before + 2
+
+
+def test_route_labels_are_the_openapi_paths_and_a_405_counts_under_its_route(client, app):
+    document = yaml.safe_load((REPO_ROOT / "openapi.yml").read_text())
+    labels = {route_label(rule.rule) for rule in app.url_map.iter_rules()}
+    # Every documented path is the label of its route (no converter syntax
+    # left), but the per-model operations, concrete paths of one route.
+    concrete = set(document["paths"]) - labels
+    adapter = app.url_map.bind("localhost")
+    assert {route_label(adapter.match(path, method="POST", return_rule=True)[0].rule) for path in concrete} == {
+        "/v1/models/{name}/predict"}
+    assert "/v1/jobs/{job_id}/result" in labels and "/v2/models/{name}/versions/{version}/infer" in labels
+    assert not [label for label in labels if "<" in label or ">" in label]
+
+    job = "/v1/jobs/{job_id}"
+    counted = {"route": job, "method": "GET", "status": "4xx"}
+    wrong_method = {"route": "/v1/classify", "method": "GET", "status": "4xx"}
+    unmatched = {"route": "<unmatched>", "method": "GET", "status": "4xx"}
+    before = [sample(client, "serve_http_requests_total", **labels) for labels in (counted, wrong_method, unmatched)]
+    assert client.get("/v1/jobs/" + "0" * 32).status_code == 404
+    assert client.get("/v1/classify").status_code == 405
+    assert client.put("/v1/jobs/" + "0" * 32).status_code == 405
+    assert client.get("/v1/no-such-route").status_code == 404
+    after = [sample(client, "serve_http_requests_total", **labels) for labels in (counted, wrong_method, unmatched)]
+    assert [b - a for a, b in zip(before, after)] == [1, 1, 1]
+    assert sample(client, "serve_http_requests_total", route=job, method="PUT", status="4xx") >= 1
 
 
 def test_metrics_see_batches_and_cache(client):

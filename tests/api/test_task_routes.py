@@ -90,7 +90,8 @@ def test_digits_reads_grids_and_images_of_held_out_digits(client):
     assert by_image == by_grid  # dark ink on white paper, 64x64: the same digits
     assert fields(predict(client, "digits", [grids[0][:7]])) == ["inputs[0].grid"]
     bad_image = predict(client, "digits", ["not base64!"])
-    assert bad_image.status_code == 400 and bad_image.get_json()["error"]["details"] == {"field": "inputs[0]"}
+    assert bad_image.status_code == 400 and bad_image.get_json()["error"]["details"] == [
+        {"field": "inputs[0]", "message": "image content is not valid base64", "type": "invalid_input"}]
 
 
 def test_a_pandas_pipeline_folder_is_served_with_no_code(client, task_repo):

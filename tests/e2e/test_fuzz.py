@@ -1,25 +1,44 @@
 """Fuzzing against our own contract: schemathesis generates requests from the
 checked-in ``openapi.yml`` (so drift between file and code is covered too) and
-sends them to a live Gunicorn.
+sends them to a live Gunicorn serving the repository's models.
 
-Every response must be no 5xx, carry a documented status code, content type,
-headers and body schema, and schema-breaking requests must be refused. The one
-check left out is ``positive_data_acceptance`` (schema-valid data must get a
-2xx): a base64 string that fits the schema is still not an image, and the
-schema cannot say "a decodable photo", so the documented 400 is right there.
+Every check runs: no 5xx, documented status codes, content types, headers and
+bodies, schema-breaking requests refused (``negative_data_rejection``) and
+schema-valid ones accepted (``positive_data_acceptance``: no 400 or 422 for a
+request the document allows). The document says what a value must be where
+JSON Schema can: texts with a character that is not white space, one-of
+bodies, detection labels, feature ranges, the job body of each model. What it
+cannot say is left to a generator, as schemathesis teaches for custom
+formats: a base64 ``format: byte`` field here is always an image file, so it
+is drawn as one (``images``).
 
-Generation is derandomised (same cases on every run) so CI is reproducible.
+Two families of operations are left out of ``positive_data_acceptance`` alone,
+for a reason the schema language has no word for: the generic
+``/v1/models/{name}/predict`` (what an input is depends on the model the path
+names) and V2 ``infer`` (a tensor's data must hold as many values as its shape
+multiplies to, and the binary form is a JSON header plus bytes). Each model's
+own operation documents its inputs exactly and is checked fully. The job
+upload's file (JSON lines or a zip of images) is the same case, and so is
+``POST /v1/jobs``: its examples phase puts one model's example inputs under
+another model's name, and a base64 field's ``format`` is an annotation, not
+an assertion, to JSON Schema validators, so a text is a schema-valid digit.
+
+Generation is random: a failing run prints the seed to replay it
+(``pytest --hypothesis-seed=<seed>``).
 """
 
 from __future__ import annotations
 
-import shutil
+import base64
+import io
 import time
 
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from PIL import Image
 from schemathesis.checks import positive_data_acceptance
 
 from serving.settings import REPO_ROOT
@@ -29,7 +48,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # Enough per operation for >= 1,000 cases in all: parameterless GETs have one
 # case each, the rest draw up to this many.
-EXAMPLES_PER_OPERATION = 130
+EXAMPLES_PER_OPERATION = 60
 
 # Live model changes replace every worker (seconds each) and a generated name
 # could unload a model the other cases use: tests/e2e/test_model_updates.py
@@ -37,20 +56,36 @@ EXAMPLES_PER_OPERATION = 130
 schema = schemathesis.openapi.from_path(REPO_ROOT / "openapi.yml").exclude(path_regex=r"^/v2/repository/models/")
 CASES: list[str] = []  # the operation ("POST /v1/detect") of every generated request
 
+# See the module's docstring: where JSON Schema cannot say what a valid input is.
+NO_POSITIVE_CHECK = (
+    "POST /v1/models/{name}/predict",
+    "POST /v2/models/{name}/infer",
+    "POST /v2/models/{name}/versions/{version}/infer",
+    "POST /v1/jobs/upload",
+    "POST /v1/jobs",
+)
 
-# The repository's tabular and custom models beside the test repository: their
-# operations are fuzzed against the real models (the others' answer 404).
-EXTRA_MODELS = ("iris", "diabetes", "digits")
+
+@st.composite
+def image_files(draw) -> bytes:
+    """A small image file of a format the server opens, of random size and colour."""
+    size = (draw(st.integers(1, 64)), draw(st.integers(1, 64)))
+    colour = tuple(draw(st.integers(0, 255)) for _ in range(3))
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, draw(st.sampled_from(["PNG", "JPEG", "BMP", "GIF"])))
+    return buffer.getvalue()
+
+
+# Every base64 (``format: byte``) field of this API is an image file, and so
+# is every multipart part declared ``image/*``.
+schemathesis.openapi.format("byte", image_files().map(lambda data: base64.b64encode(data).decode("ascii")))
+schemathesis.openapi.media_type("image/*", image_files())
 
 
 @pytest.fixture(scope="module")
-def live(model_repo, tmp_path_factory):
+def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    repository = tmp / "models"
-    shutil.copytree(model_repo, repository)
-    for name in EXTRA_MODELS:
-        shutil.copytree(REPO_ROOT / "models" / name, repository / name, ignore=shutil.ignore_patterns("__pycache__"))
-    env = {"SERVE_MODEL_REPOSITORY": str(repository), "WORKERS": "2", "THREADS": "4"}
+    env = {"SERVE_MODEL_REPOSITORY": str(REPO_ROOT / "models"), "WORKERS": "2", "THREADS": "4"}
     with GunicornServer(tmp, env=env) as server:
         yield server
 
@@ -59,13 +94,13 @@ def live(model_repo, tmp_path_factory):
 @settings(
     max_examples=EXAMPLES_PER_OPERATION,
     deadline=None,
-    derandomize=True,
     suppress_health_check=list(HealthCheck),
     print_blob=True,
 )
 def test_contract_holds_for_generated_requests(case, live):
     CASES.append(case.operation.label)
-    case.call_and_validate(base_url=live.url, excluded_checks=[positive_data_acceptance], timeout=60)
+    excluded = [positive_data_acceptance] if case.operation.label in NO_POSITIVE_CHECK else []
+    case.call_and_validate(base_url=live.url, excluded_checks=excluded, timeout=60)
 
 
 def test_enough_cases_ran_and_the_service_is_live(live, capsys):

@@ -61,7 +61,7 @@ def test_every_worker_answers_a_torch_model(server, model_repo):
             seen = {
                 str(line["pid"])
                 for line in server.access_records()
-                if line["route"] == "/v1/models/<name>/predict" and line["status"] == 200
+                if line["route"] == "/v1/models/{name}/predict" and line["status"] == 200
             }
     assert len(server.worker_pids()) == 3
     assert seen == {str(pid) for pid in server.worker_pids()}, f"workers that answered: {seen}"

@@ -65,7 +65,8 @@ def test_a_full_backlog_answers_503_at_once_and_the_admitted_requests_still_fini
             assert r.headers["Connection"] == "close"
             error = r.json()["error"]
             assert error["code"] == "overloaded"
-            assert error["details"] == {"waiting": 2, "limit": 2}
+            assert error["details"] == [{"field": None, "message": error["message"], "type": "overloaded",
+                                         "waiting": 2, "limit": 2}]
             assert error["request_id"] == r.headers["X-Request-ID"]
             assert r.headers["X-Request-ID"].startswith("extra-")
         print(f"\nshed 4 of 6 while the thread was busy; slowest 503 in {max(s for _, s in early) * 1000:.0f} ms")
@@ -214,5 +215,5 @@ def test_a_request_that_would_wait_too_long_for_a_thread_is_refused_at_once(tmp_
     refused, seconds = next((r, s) for r, s in answers if r.status_code == 503)
     assert seconds < 1.0  # at once, not after the long request
     assert refused.headers["Retry-After"] == "1"
-    details = refused.json()["error"]["details"]
+    [details] = refused.json()["error"]["details"]
     assert details["waiting"] == 1 and details["limit_ms"] == 100 and details["expected_wait_ms"] >= 150

@@ -128,7 +128,7 @@ def test_request_id_in_access_line_and_error_lines_and_no_secrets(repo, tmp_path
         r = classify(server, "this will boom", model="faulty", rid="trace-me-42")
         assert r.status_code == 500
         assert r.json()["error"] == {"code": "internal_error", "message": "internal server error",
-                                     "details": None, "request_id": "trace-me-42"}
+                                     "details": [], "request_id": "trace-me-42"}
         assert "Traceback" not in r.text
         ok = classify(server, "a fine film", rid="trace-ok-7")
         assert ok.status_code == 200

@@ -116,6 +116,25 @@ def test_readme_stream_example_runs_as_written(server):
     assert all("['face']" in line for line in lines[2:]), lines
 
 
+def test_readme_job_poll_ends_on_a_job_that_will_not_succeed(server):
+    # The whole block runs in tests/e2e/test_jobs.py, with a job worker; here,
+    # with none, a job stays queued until it is cancelled: the poll must end.
+    (block, _) = sh_blocks("## Background jobs")
+    lines = block.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("while "))
+    end = next(i for i, line in enumerate(lines) if line.startswith('[ "$STATUS" = succeeded ]'))
+    poll = "\n".join(lines[start:end + 1]).replace("localhost:8000", f"127.0.0.1:{server.port}")
+    submitted = requests.post(f"{server.url}/v1/jobs", json={"model": "sentiment", "inputs": ["a fine film"]}, timeout=10)
+    job = submitted.json()["id"]
+    assert submitted.status_code == 202 and requests.get(f"{server.url}/v1/jobs/{job}", timeout=5).json()["status"] == "queued"
+    poller = subprocess.Popen(["bash", "-c", f"set -euo pipefail\nJOB={job}\n{poll}"], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert requests.delete(f"{server.url}/v1/jobs/{job}", timeout=5).json()["status"] == "cancelled"
+    out, err = poller.communicate(timeout=30)  # a loop that never ends fails here
+    assert poller.returncode == 0, err
+    assert out == "" and err == f"job {job} ended cancelled; GET /v1/jobs/{job} has its error\n"
+
+
 # --- "Serve your own model", run as a new user would --------------------------------
 
 

@@ -189,10 +189,15 @@ def test_options_and_bad_messages_get_answers_and_keep_the_socket_usable(server,
         assert answer["error"]["code"] == code, (text, answer)
     assert receive_detections(ws, b"\xff\xd8 not a jpeg")["error"]["code"] == "invalid_input"
 
-    # The options in force are still the last good ones: a label filter hides the face.
+    # A label the model lacks is refused, naming the field; the options in force stay.
     ws.send('{"type": "cat"}')
-    assert receive(ws)["options"]["score_th"] == 0.5
-    assert receive_detections(ws, frame)["objects"] == []
+    answer = receive(ws)
+    assert answer["type"] == "error" and answer["error"]["code"] == "validation_failed", answer
+    assert answer["error"]["details"][0]["field"] == "options.type"
+    ws.send('{"type": "face"}')
+    options = receive(ws)["options"]
+    assert options["type"] == "face" and options["score_th"] == 0.5, options
+    assert [o["label"] for o in receive_detections(ws, frame)["objects"]] == ["face"]
     ws.send('{"type": null}')
     receive(ws)
     answer = receive_detections(ws, frame)
@@ -245,7 +250,7 @@ def test_connection_limit_answers_503_and_leaves_threads_for_http(server, frame)
     error = refused(server, header={"X-Api-Token": KEY})
     assert error.status_code == 503
     assert error.resp_headers["retry-after"] == "1"
-    assert json.loads(error.resp_body)["error"]["details"] == {"limit": 2}
+    assert [d["limit"] for d in json.loads(error.resp_body)["error"]["details"]] == [2]
     # Two threads are held by streams; HTTP requests still get the others.
     r = requests.get(server.url + "/v1/models", headers={"X-Api-Token": KEY}, timeout=30)
     assert r.status_code == 200

@@ -110,7 +110,8 @@ def test_full_queue_sheds_at_once():
         wait_until_queued(batcher, 2)
         with pytest.raises(Overloaded) as info:
             batcher.submit([3])
-        assert info.value.details == {"queued": 2, "limit": 2}
+        assert info.value.details == [
+            {"field": None, "message": info.value.message, "type": "overloaded", "queued": 2, "limit": 2}]
         gate.release.set()
         assert running.result(5) == [0] and [f.result(5) for f in queued] == [[10], [20]]
     assert batcher.submit([4]) == [40]  # room again
@@ -155,7 +156,8 @@ def test_a_request_that_would_wait_too_long_is_refused_at_once():
         # 3 inputs ahead: 150 ms > 120 ms.
         with pytest.raises(Overloaded) as info:
             batcher.submit([5])
-        assert info.value.details == {"expected_wait_ms": 150, "limit_ms": 120}
+        assert info.value.details == [{"field": None, "message": info.value.message, "type": "overloaded",
+                                       "expected_wait_ms": 150, "limit_ms": 120}]
         assert batcher.queued == 2  # the refused request left nothing behind
         model.release.set()
         assert [f.result(5) for f in (running, first, second)] == [[20], [30], [40]]

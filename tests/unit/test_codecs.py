@@ -67,7 +67,8 @@ def test_cmyk_16bit_and_animated_gif_are_decoded():
 def test_format_outside_allow_list_is_named():
     with pytest.raises(UnsupportedFormat) as info:
         open_image(encode(rgb(), "BMP"), LIMITS)
-    assert info.value.details["format"] == "BMP"
+    [detail] = info.value.details
+    assert (detail["field"], detail["type"], detail["format"]) == (None, "unsupported_format", "BMP")
 
 
 def test_not_an_image_and_truncated_image():

@@ -109,7 +109,7 @@ def test_a_failing_member_is_skipped_and_named_and_the_partial_answer_not_cached
 def test_a_failing_member_fails_the_request_under_fail(predictor):
     with pytest.raises(UpstreamFailed) as caught:
         predictor.predict("fails", ["boom"])
-    assert "faulty" in caught.value.details["failed"]
+    assert "faulty" in caught.value.details[0]["failed"]
 
 
 @pytest.mark.parametrize(

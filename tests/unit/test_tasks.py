@@ -135,10 +135,10 @@ def test_image_decode_from_base64_or_bytes_names_the_field_on_errors():
     assert task.decode(png(), params, LIMITS, "frame").key == decoded.key  # the file's digest either way
     with pytest.raises(InvalidInput) as caught:
         task.decode("not base64!", params, LIMITS, "inputs[2]")
-    assert caught.value.details == {"field": "inputs[2]"}
+    assert [d["field"] for d in caught.value.details] == ["inputs[2]"]
     with pytest.raises(PayloadTooLarge) as caught:
         task.decode(base64.b64encode(b"\0" * 200_000).decode(), params, LIMITS, "inputs[0]")
-    assert caught.value.details["field"] == "inputs[0]"
+    assert [d["field"] for d in caught.value.details] == ["inputs[0]"]
     with pytest.raises(ValidationFailed):
         task.decode({"image": "x"}, params, LIMITS, "inputs[0]")
     # Jobs check images cheaply at submit; decoding is the worker's.
@@ -277,7 +277,7 @@ def test_a_custom_task_validates_its_input_and_decodes_images():
     assert fields_of(caught.value) == ["inputs[1].image", "inputs[1].label"]
     with pytest.raises(InvalidInput) as caught:
         task.decode({"label": "a", "image": "!!"}, params, LIMITS, "inputs[2]")
-    assert caught.value.details == {"field": "inputs[2]"}
+    assert [d["field"] for d in caught.value.details] == ["inputs[2]"]
 
 
 def test_a_custom_task_checks_what_the_adapter_returns():
