@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 # torch alone from the CPU wheel index (PyPI's torch pulls CUDA wheels); the Dockerfile uses the same line.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 SENTIMENT := models/sentiment/model.joblib
@@ -19,12 +20,17 @@ COLLECTION := var/postman/serve-http.postman_collection.json
 
 .PHONY: install models serve worker test test-fast browser redis postman bench bench-jobs openapi settings-table clean
 
-# The runtime requirements and the tests' (requirements-dev.txt includes requirements.txt).
-$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
+# The runtime requirements: what `make serve` needs.
+$(STAMP): requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --retries 2 --no-deps --extra-index-url $(TORCH_INDEX) "$$(grep -m1 '^torch==' requirements.txt)"
-	$(BIN)/pip install -r requirements-dev.txt
+	$(BIN)/pip install -r requirements.txt
 	$(BIN)/pip install --no-deps -r requirements-nodeps.txt
+	touch $@
+
+# The tests' packages on top (requirements-dev.txt includes requirements.txt).
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/pip install -r requirements-dev.txt
 	touch $@
 
 install: $(STAMP)
@@ -73,7 +79,7 @@ browser:
 redis:
 	command -v redis-server >/dev/null || scripts/apt-install.sh redis-server
 
-test: models browser redis postman
+test: $(DEV_STAMP) models browser redis postman
 	$(BIN)/python -m pytest
 
 # openapi-to-postmanv2 and newman, pinned in postman/package-lock.json; node and npm from Debian.
@@ -89,17 +95,17 @@ $(COLLECTION): $(NODE_STAMP) $(STAMP) openapi.yml scripts/gen_postman.py
 postman: $(COLLECTION)
 
 # Unit and API tests only: no Gunicorn, no browser.
-test-fast: models
+test-fast: $(DEV_STAMP) models
 	$(BIN)/python -m pytest -m "not e2e and not browser"
 
 # The benchmark: wrk from Debian, the FastAPI peer from PyPI; a few minutes.
-bench: models
+bench: $(DEV_STAMP) models
 	command -v wrk >/dev/null || scripts/apt-install.sh wrk
 	$(BIN)/pip install -q -r requirements-bench.txt
 	$(BIN)/python bench/run.py
 
 # Background jobs vs the synchronous endpoint, on both backends; a few minutes.
-bench-jobs: models redis
+bench-jobs: $(DEV_STAMP) models redis
 	$(BIN)/python bench/jobs.py
 
 # Each model's operation comes from its loaded task, so the models come first.

@@ -160,7 +160,8 @@ def run_make_serve(
             if all(state["ready"] for state in body["models"].values()):
                 all_ready_at = time.monotonic() - transcript.started
                 break
-        time.sleep(0.2)  # the poll interval of /readyz
+        # The poll interval: fine until the first 200, then easy on the models training beside the service.
+        time.sleep(0.2 if ready_at is None else 2.0)
     if make.poll() is None:
         os.killpg(make.pid, signal.SIGINT)  # Ctrl-C: jobs.launch stops Gunicorn and the job worker
         try:

@@ -81,7 +81,8 @@ def test_dockerfile_agrees_with_the_makefile():
     # requirements (requirements-dev.txt includes requirements.txt; the split
     # is checked in tests/test_deploy.py).
     install = " ".join(makefile_recipe("$(STAMP)"))
-    assert "-r requirements-dev.txt" in install and "-r requirements.txt" in dockerfile
+    assert "-r requirements.txt" in install and "-r requirements.txt" in dockerfile
+    assert "-r requirements-dev.txt" in " ".join(makefile_recipe("$(DEV_STAMP)"))
     assert "--no-deps -r requirements-nodeps.txt" in install and "--no-deps -r requirements-nodeps.txt" in dockerfile
     # Dependencies before code, so code edits keep the dependency layer cached.
     assert dockerfile.index("COPY requirements.txt") < dockerfile.index("COPY . .")
@@ -89,9 +90,12 @@ def test_dockerfile_agrees_with_the_makefile():
     for artifact in ("$(SENTIMENT)", "$(MINILM_HEAD)", "$(IRIS)", "$(DIABETES)", "$(DIGITS)", "$(STREAMFLOW)", "$(ENSEMBLE)"):
         (train,) = makefile_recipe(artifact)
         assert train in dockerfile
-    # The command is `make serve`'s.
+    # The command is `make serve`'s launcher; the image has every model built,
+    # so nothing is left to train beside it (make serve's --then).
     (serve,) = makefile_recipe("serve")
-    assert f'CMD {serve.split()}'.replace("'", '"') in dockerfile
+    launcher = serve.split(" --then ")[0]
+    assert "--then" in serve and "--then" not in dockerfile
+    assert f'CMD {launcher.split()}'.replace("'", '"').replace("$(BIN)/python", "python") in dockerfile
     user = re.search(r"^USER (\S+)", dockerfile, re.M)
     assert user and user.group(1) not in ("root", "0")
     assert dockerfile.index("USER") < dockerfile.index("CMD")

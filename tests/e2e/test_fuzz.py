@@ -48,7 +48,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # Enough per operation for >= 1,000 cases in all: parameterless GETs have one
 # case each, the rest draw up to this many.
-EXAMPLES_PER_OPERATION = 60
+EXAMPLES_PER_OPERATION = 35
 
 # Live model changes replace every worker (seconds each) and a generated name
 # could unload a model the other cases use: tests/e2e/test_model_updates.py
