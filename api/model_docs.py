@@ -124,6 +124,7 @@ def add_model_operations(document: dict[str, Any], registry: ModelRegistry, sett
     generic = document["paths"][GENERIC_PATH]["post"]
     errors = {code: answer for code, answer in generic["responses"].items() if code != "200"}
     components = Components(document.setdefault("components", {}).setdefault("schemas", {}))
+    given = operation_examples(registry, settings)
     examples = {}
     paths = {}
     jobs = {}
@@ -134,12 +135,12 @@ def add_model_operations(document: dict[str, Any], registry: ModelRegistry, sett
         examples[adapter.name] = {"summary": f"{adapter.name} ({task.name})", "value": example_body(task)}
         jobs[adapter.name] = _job_variant(adapter.name, components, operation, settings.job_max_inputs)
     if examples:  # the path's example model first: what a client sends as it is
-        first = operation_examples(registry, settings)["predict"].parameters["name"]
-        examples = {name: examples[name] for name in sorted(examples, key=lambda name: (name != first, name))}
+        first = given["predict"].parameters["name"]
+        examples = {name: examples[name] for name in _first(examples, first)}
         generic["requestBody"]["content"]["application/json"]["examples"] = examples
     document["paths"].update(paths)
-    _served_values(document, registry, settings, components, jobs)
-    _examples(document, operation_examples(registry, settings))
+    _served_values(document, registry, settings, components, jobs, given["submitJob"].body["model"])
+    _examples(document, given)
     _multipart_parts(document)
     _job_links(document)
     return document
@@ -172,8 +173,18 @@ def _schema(document: dict[str, Any], name: str) -> dict[str, Any]:
     return document["components"]["schemas"].get(name, {"properties": {}})
 
 
+def _first(names, first: str) -> list[str]:
+    """``names`` sorted, ``first`` ahead of the others: the example a client sends as it is."""
+    return sorted(names, key=lambda name: (name != first, name))
+
+
 def _served_values(
-    document: dict[str, Any], registry: ModelRegistry, settings: Settings, components: Components, jobs: dict[str, Any]
+    document: dict[str, Any],
+    registry: ModelRegistry,
+    settings: Settings,
+    components: Components,
+    jobs: dict[str, Any],
+    job_model: str,
 ) -> None:
     """The values the served models take, where a route's own model cannot know
     them: detection labels, embedding sizes, forecast horizons, the ensemble's
@@ -219,11 +230,9 @@ def _served_values(
             "discriminator": {"propertyName": "model", "mapping": {name: ref["$ref"] for name, ref in jobs.items()}},
         }
         # One example per model, the default classifier's first (what Postman sends).
-        first = operation_examples(registry, settings)["submitJob"].body["model"]
-        order = sorted(jobs, key=lambda name: (name != first, name))
         body["application/json"]["examples"] = {
-            name: {"summary": f"{name} ({registry.task(name).name})", "value": _job_example(registry, name, first)}
-            for name in order
+            name: {"summary": f"{name} ({registry.task(name).name})", "value": _job_example(registry, name, job_model)}
+            for name in _first(jobs, job_model)
         }
 
 
