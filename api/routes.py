@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from api import operations as ops
 from api.context import services
+from api.jobs import JOBS_EXTENSION
 from api.schemas import (
     CacheCleared,
     ClassifyRequest,
@@ -126,12 +127,21 @@ def readyz():
     """Readiness: 200 when every required model is loaded, 503 otherwise.
 
     The body names each model: ready or not, optional or required, and why it
-    failed to load.
+    failed to load; and says how the job subsystem and the prediction cache
+    are (`ok`, `degraded` or `down`), which never makes it 503.
     """
     registry = services().registry
     states = {name: asdict(state) for name, state in registry.states().items()}
     ready = registry.ready
-    response = jsonify(status="ready" if ready else "not_ready", models=states)
+    # The job subsystem and the cache are reported, never a reason for 503:
+    # the models answer without them.
+    jobs = current_app.extensions.get(JOBS_EXTENSION)
+    response = jsonify(
+        status="ready" if ready else "not_ready",
+        models=states,
+        jobs=jobs.health() if jobs is not None else None,
+        cache=services().predictor.cache.health(),
+    )
     if not ready:
         response.status_code = 503
         response.headers["Retry-After"] = "5"

@@ -8,7 +8,7 @@ field instead of a silently ignored or reinterpreted option.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
@@ -132,9 +132,21 @@ class ModelReadiness(BaseModel):
     reason: Optional[str] = Field(None, description="Why it failed to load, in one line.")
 
 
+class SubsystemHealth(BaseModel):
+    """How a part the models do not need is: the job subsystem, the cache."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "degraded", "down"] = Field(
+        description="ok; degraded: it works, with a fault named in the other fields; down: it does not work"
+    )
+
+
 class Readiness(BaseModel):
     status: str = Field(description="ready or not_ready")
     models: dict[str, ModelReadiness]
+    jobs: SubsystemHealth | None = Field(None, description="The job backend and workers (null: no job service)")
+    cache: SubsystemHealth = Field(description="The prediction cache")
 
 
 class V2Live(BaseModel):

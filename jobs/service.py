@@ -57,6 +57,10 @@ class JobService:
     def store(self):
         return self.backends.store
 
+    def health(self) -> dict[str, Any]:
+        """``/readyz``'s ``jobs``: ``status`` ok | degraded | down and what it is made of."""
+        return {"status": "ok", "backend": self.backends.name}
+
     def submit(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any],
                idempotency_key: str | None = None) -> Created:
         """A new queued job, or the earlier one made with the same idempotency key and body."""

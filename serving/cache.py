@@ -25,6 +25,10 @@ class PredictionCache(Protocol):
         """Empty the cache; returns how many entries were removed."""
         ...
 
+    def health(self) -> dict[str, Any]:
+        """``/readyz``'s ``cache``: ``status`` ok | degraded | down, ``backend``, and what is wrong."""
+        ...
+
 
 class NullCache:
     def get(self, key: str) -> Any | None:
@@ -35,6 +39,9 @@ class NullCache:
 
     def clear(self) -> int:
         return 0
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "backend": "none"}
 
 
 class MemoryCache:
@@ -64,6 +71,9 @@ class MemoryCache:
             count = len(self._items)
             self._items.clear()
             return count
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "backend": "memory"}
 
 
 class DiskCache:
@@ -121,6 +131,9 @@ class DiskCache:
 
     def clear(self) -> int:
         return self._open().clear()
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "backend": "disk"}
 
     def prune(self) -> int:
         """Evict least recently used entries down to the size bound; how many went."""
