@@ -94,6 +94,11 @@ def submit_job():
     `/v1/jobs/{id}/result`. With an `Idempotency-Key` header, a retried POST
     returns the first job (200, `Idempotent-Replayed: true`); the same key with
     another body is a 409.
+
+    503 `no_job_worker` (nothing created) when no job worker has been alive
+    for `SERVE_JOB_WORKER_GRACE_S`: start one (`make worker`); 503
+    `job_backend_volatile` when the job backend is a Redis without
+    persistence; 503 `not_ready` when it does not answer.
     """
     body: JobRequest = request.context.body
     return _submit(body.model, body.inputs, body.parameters)
@@ -166,14 +171,19 @@ def _submit(model: str, inputs: list[Any], parameters: dict[str, Any]):
 
 
 @jobs.get("/v1/jobs/<job_id:job_id>")
-@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 503)), tags=["jobs"])
+@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 410, 503)), tags=["jobs"])
 def get_job(job_id: str):
-    """A job's status, progress (inputs done / total), timestamps and error."""
+    """A job's status, progress (inputs done / total), timestamps and error.
+
+    410 `job_lost`: the job existed, but the job backend lost its record (a
+    Redis restarted without persistence); submit it again. 404: no such job
+    (or a lost one whose saved results the job sweep already deleted).
+    """
     return jsonify(job_json(job_service().get(job_id)))
 
 
 @jobs.get("/v1/jobs/<job_id:job_id>/result")
-@spec.validate(resp=Response("HTTP_200", "HTTP_307", validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
+@spec.validate(resp=Response("HTTP_200", "HTTP_307", validate=False, **_errors(401, 404, 409, 410, 503)), tags=["jobs"])
 def job_result(job_id: str):
     """A succeeded job's results, as JSON lines.
 
@@ -192,7 +202,7 @@ def job_result(job_id: str):
 
 
 @jobs.delete("/v1/jobs/<job_id:job_id>")
-@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 409, 503)), tags=["jobs"])
+@spec.validate(resp=Response(HTTP_200=JobStatus, validate=False, **_errors(401, 404, 409, 410, 503)), tags=["jobs"])
 def cancel_job(job_id: str):
     """Cancel a queued or running job.
 

@@ -1,5 +1,6 @@
 """``GET /metrics``: the Prometheus text exposition of every worker's metrics,
-and of the job worker's scheduled runs; and the ``route`` label of a request.
+of the job worker's scheduled runs and of the job subsystem (workers alive,
+queue depth, jobs by state); and the ``route`` label of a request.
 
 A route label is the route's path as openapi.yml writes it
 (``/v1/jobs/{job_id}``, not Flask's ``/v1/jobs/<job_id:job_id>``): one series
@@ -20,7 +21,7 @@ from werkzeug.routing import Rule
 from api.jobs import JOBS_EXTENSION
 from jobs.periodic import run_counts
 from jobs.service import BACKEND_ERRORS
-from serving.metrics import ScheduledRuns, exposition
+from serving.metrics import JobGauges, ScheduledRuns, exposition
 
 log = logging.getLogger(__name__)
 
@@ -67,5 +68,11 @@ def metrics():
             extra.append(ScheduledRuns(run_counts(service.backends.queue.huey)))
         except BACKEND_ERRORS:  # a job store that is down must not take the web metrics with it
             log.warning("scheduled-run counts not read", exc_info=True)
+        try:
+            figures = service.figures()
+        except BACKEND_ERRORS as error:
+            log.warning("job figures not read: %s: %s", type(error).__name__, error)
+            figures = None
+        extra.append(JobGauges(figures))
     body, content_type = exposition(extra)
     return Response(body, content_type=content_type)

@@ -108,9 +108,14 @@ def classify():
 
 
 @v1.delete("/v1/cache")
-@spec.validate(resp=responses(CacheCleared, 401), tags=["cache"])
+@spec.validate(resp=responses(CacheCleared, 401, 503), tags=["cache"])
 def clear_cache():
-    """Empty the prediction cache."""
+    """Empty the prediction cache.
+
+    503 `cache_unavailable` while the cache cannot be used (a read-only or
+    full disk): predictions are served uncached meanwhile, and the cache
+    reopens itself; `/readyz` says when it is retried.
+    """
     return jsonify(cleared=services().predictor.cache.clear())
 
 

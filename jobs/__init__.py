@@ -11,4 +11,8 @@ Two backends, picked from settings by :func:`jobs.backends.build_backends`:
 - scale-out: ``REDIS_URL`` puts the queue and the job records in Redis;
   ``SERVE_S3_BUCKET`` puts results in S3-compatible storage with pre-signed
   download URLs.
+
+Workers publish a heartbeat in the job store (``jobs/presence.py``); the web
+process reads it, the queue and the store for ``/readyz`` and ``/metrics``,
+and refuses new jobs while no worker is alive (``jobs/service.py``).
 """

@@ -29,7 +29,7 @@ def build_store(settings: Settings) -> JobStore:
     if settings.redis_url:
         from jobs.redis_store import RedisJobStore
 
-        return RedisJobStore(settings.redis_url)
+        return RedisJobStore(settings.redis_url, allow_volatile=settings.jobs_allow_volatile)
     return SqliteJobStore(settings.jobs_dir / "jobs.db")
 
 

@@ -1,6 +1,7 @@
 """The job sweep, run on its schedule (``SERVE_SCHEDULE_JOB_SWEEP``,
-``jobs/periodic.py``): take back jobs whose worker died, and drop records and
-results past the retention period.
+``jobs/periodic.py``): take back jobs whose worker died, drop records and
+results past the retention period, and delete what result storage holds of
+lost jobs.
 
 huey forgets a message once a worker took it, so a worker killed mid-job (OOM,
 kill -9, a lost machine) would leave its job "running" for ever. Running jobs
@@ -8,11 +9,21 @@ carry a heartbeat instead; one silent for longer than the visibility timeout
 goes back to the queue (its saved batches are kept), or fails with a reason
 after ``job_max_attempts`` runs. The store's check-and-set makes it safe for
 every worker of every machine to sweep, should two sweeps ever overlap.
+
+A lost job is one whose record the job backend lost (a Redis restarted
+without persistence) while result storage still holds its marker or results:
+``GET /v1/jobs/{id}`` answers 410 for it. The sweep counts them (the
+``lost`` figure of ``/metrics``) and deletes each once nothing was written to
+it for ``SERVE_JOB_ORPHAN_AGE_S``. Finding them lists the whole result
+storage (a folder listing on disk, about one LIST request per 1,000 objects
+in S3) and looks every job up in the store, so it runs at most once a minute
+(``LOST_SCAN_S``), not on every sweep.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from jobs.backends import Backends
 from jobs.records import now
@@ -20,14 +31,24 @@ from serving.settings import Settings
 
 log = logging.getLogger("jobs.maintenance")
 
+LOST_SCAN_S = 60.0
+
+
+class SweepOutcome(NamedTuple):
+    requeued: list[str]
+    failed: list[str]
+    purged: list[str]  # finished jobs past retention
+    lost: list[str]  # lost jobs whose results were deleted
+
 
 class Maintenance:
     def __init__(self, settings: Settings, backends: Backends) -> None:
         self.settings = settings
         self.backends = backends
+        self._next_lost_scan = 0.0
 
-    def sweep(self) -> tuple[list[str], list[str], list[str]]:
-        """(requeued, failed, purged) job ids."""
+    def sweep(self) -> SweepOutcome:
+        """The job ids requeued, failed, purged and lost-and-deleted by this run."""
         store = self.backends.store
         requeued, failed = store.requeue_stale(
             now() - self.settings.job_visibility_timeout_s, self.settings.job_max_attempts
@@ -42,4 +63,23 @@ class Maintenance:
             self.backends.results.delete(job_id)
         if purged:
             log.info("purged %d expired job(s)", len(purged))
-        return requeued, failed, purged
+        lost: list[str] = []
+        if now() >= self._next_lost_scan:
+            self._next_lost_scan = now() + min(LOST_SCAN_S, self.settings.job_orphan_age_s / 2)
+            lost = self.delete_lost()
+        return SweepOutcome(requeued, failed, purged, lost)
+
+    def delete_lost(self) -> list[str]:
+        """Delete the results of lost jobs unwritten for ``job_orphan_age_s``,
+        count the others as lost; the ids deleted."""
+        store, results = self.backends.store, self.backends.results
+        written = dict(results.jobs())
+        known = store.known(list(written))
+        cutoff = now() - self.settings.job_orphan_age_s
+        lost = [job_id for job_id in written if job_id not in known]
+        deleted = [job_id for job_id in lost if written[job_id] < cutoff]
+        for job_id in deleted:
+            results.delete(job_id)
+            log.warning("job %s: its record was lost by the job backend; its saved results are deleted", job_id)
+        store.set_lost(len(lost) - len(deleted))
+        return deleted

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import redis
 from huey import Huey, RedisHuey, SqliteHuey
 
 QUEUE_NAME = "serve-http-jobs"
@@ -37,7 +38,10 @@ def build_huey(redis_url: str, jobs_dir: Path, immediate: bool = False) -> Huey:
     if immediate:  # tests: tasks run inline, in memory
         return Huey(QUEUE_NAME, immediate=True, results=False)
     if redis_url:
-        return RedisHuey(QUEUE_NAME, url=redis_url, results=False)
+        # Timeouts above huey's 1 s blocking read: a server that stops answering
+        # fails a probe (/readyz, /metrics) instead of hanging it.
+        pool = redis.ConnectionPool.from_url(redis_url, socket_connect_timeout=5, socket_timeout=10)
+        return RedisHuey(QUEUE_NAME, connection_pool=pool, results=False)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     return SqliteHuey(QUEUE_NAME, filename=str(jobs_dir / "queue.db"), results=False)
 
@@ -66,3 +70,8 @@ class JobQueue:
         self.huey
         assert self._task is not None
         self._task(job_id)
+
+    def depth(self) -> int:
+        """Messages waiting for a worker: job ids, and scheduled runs that are due.
+        One query (SQLite ``count``, Redis ``LLEN``)."""
+        return self.huey.pending_count()

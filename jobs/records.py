@@ -15,6 +15,10 @@ CANCELLED = "cancelled"
 
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
+STATES = ACTIVE + FINISHED
+# Not a record's status: a job whose record the backend lost while result
+# storage still holds its trace (the job sweep counts them, then deletes them).
+LOST = "lost"
 
 
 def new_job_id() -> str:
@@ -75,6 +79,19 @@ class Created:
     created: bool
 
 
+# A stopped worker's last heartbeat is kept this long, so that "last seen 2 h
+# ago" can be told; the stores drop older ones when a worker beats.
+WORKER_KEPT_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class WorkerBeats:
+    """What the job store knows of the job workers' heartbeats."""
+
+    alive: int  # running workers whose last heartbeat is newer than the cutoff asked for
+    last: float | None  # the newest heartbeat (or stop) of any worker kept (a day), None if none
+
+
 class JobStore(Protocol):
     """Where job records live: SQLite on one machine, Redis across machines.
 
@@ -116,3 +133,25 @@ class JobStore(Protocol):
 
     def purge(self, finished_before: float) -> list[str]:
         """Delete the records of jobs finished before the cutoff; their ids."""
+
+    def known(self, job_ids: Sequence[str]) -> set[str]:
+        """The ids among ``job_ids`` that have a record."""
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status (every status, zeros included), and ``lost`` as the last sweep counted it."""
+
+    def set_lost(self, count: int) -> None:
+        """Record how many lost jobs (a trace in result storage, no record) the sweep found."""
+
+    def beat(self, worker: str) -> None:
+        """Job worker ``worker`` is alive now (its heartbeat)."""
+
+    def leave(self, worker: str) -> None:
+        """Job worker ``worker`` stops on purpose: no longer alive, its last heartbeat now."""
+
+    def workers(self, alive_after: float) -> WorkerBeats:
+        """How many workers beat after ``alive_after``, and the newest heartbeat."""
+
+    def check_durable(self) -> None:
+        """Raise :class:`serving.errors.JobBackendVolatile` if a restart of the
+        backend would lose every record (and that was not allowed)."""

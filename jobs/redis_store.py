@@ -3,22 +3,39 @@
 A job is a hash ``<ns>:job:<id>`` with its inputs beside it; ``<ns>:running``
 holds the ids a worker is running (the stale-job sweep reads it) and
 ``<ns>:finished`` the finished ones by finish time (retention). Every state
-change is one Lua script, so it is atomic however many processes race.
+change is one Lua script, so it is atomic however many processes race, and
+each one moves the job between the per-status counters of the ``<ns>:counts``
+hash, so that counting jobs by status is one HGETALL, not a scan.
+``<ns>:workers`` holds each running job worker's last heartbeat (a sorted set
+by time), ``<ns>:workers:stopped`` the same of the workers that stopped on purpose.
+
+A Redis that keeps nothing on disk loses every record on a restart, while the
+results of those jobs stay in their storage: :meth:`RedisJobStore.check_durable`
+refuses such a server unless ``SERVE_JOBS_ALLOW_VOLATILE`` says otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any, Sequence
 
 import redis
 
-from jobs.records import Created, Job, now
+from jobs.records import LOST, STATES, WORKER_KEPT_S, Created, Job, WorkerBeats, now
+from serving.errors import JobBackendVolatile
+
+log = logging.getLogger("jobs.redis_store")
+
+# A refusal is asked again after this long: a server fixed with CONFIG SET is
+# accepted without restarting the processes that refused it.
+RECHECK_REFUSAL_S = 5.0
 
 _INT = ("total", "batch_size", "done", "computed", "attempt")
 _FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at")
 
-# KEYS: job hash, inputs, idempotency key (or ""); ARGV: job id, inputs JSON, then field/value pairs.
+# KEYS: job hash, inputs, idempotency key (or ""), counts; ARGV: job id, inputs JSON, then field/value pairs.
 _CREATE = """
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
@@ -27,20 +44,23 @@ if KEYS[3] ~= '' then
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[4], 'queued', 1)
 return false
 """
 
-# KEYS: job hash, running set; ARGV: id, now.
+# KEYS: job hash, running set, counts; ARGV: id, now.
 _CLAIM = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 if redis.call('HGET', KEYS[1], 'started_at') == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'status', 'running', 'heartbeat_at', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'queued', -1)
+redis.call('HINCRBY', KEYS[3], 'running', 1)
 return attempt
 """
 
-# KEYS: job hash, running set, finished zset, inputs; ARGV: id, attempt, action, now, values...
+# KEYS: job hash, running set, finished zset, inputs, counts; ARGV: id, attempt, action, now, values...
 _OWNED = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
   return 0
@@ -56,14 +76,18 @@ elseif action == 'finish' then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
   redis.call('DEL', KEYS[4])
+  redis.call('HINCRBY', KEYS[5], 'running', -1)
+  redis.call('HINCRBY', KEYS[5], ARGV[5], 1)
 elseif action == 'release' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('HINCRBY', KEYS[5], 'running', -1)
+  redis.call('HINCRBY', KEYS[5], 'queued', 1)
 end
 return 1
 """
 
-# KEYS: job hash, running set, finished zset, inputs; ARGV: id, now.
+# KEYS: job hash, running set, finished zset, inputs, counts; ARGV: id, now.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
@@ -71,11 +95,13 @@ if status == 'queued' or status == 'running' then
   redis.call('SREM', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   redis.call('DEL', KEYS[4])
+  redis.call('HINCRBY', KEYS[5], status, -1)
+  redis.call('HINCRBY', KEYS[5], 'cancelled', 1)
 end
 return status
 """
 
-# KEYS: job hash, running set, finished zset; ARGV: id, cutoff, max attempts, now.
+# KEYS: job hash, running set, finished zset, counts; ARGV: id, cutoff, max attempts, now.
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -88,25 +114,47 @@ if attempt >= tonumber(ARGV[3]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[4], 'error_code', 'worker_lost',
     'error_message', 'the worker running this job stopped answering, ' .. attempt .. ' time(s)')
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+  redis.call('HINCRBY', KEYS[4], 'running', -1)
+  redis.call('HINCRBY', KEYS[4], 'failed', 1)
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('HINCRBY', KEYS[4], 'running', -1)
+redis.call('HINCRBY', KEYS[4], 'queued', 1)
 return 'requeued'
+"""
+
+# KEYS: job hash, inputs, running set, finished zset, counts; ARGV: id, idempotency key prefix.
+_DISCARD = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+local key = redis.call('HGET', KEYS[1], 'idempotency_key')
+if key and key ~= '' then redis.call('DEL', ARGV[2] .. key) end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HINCRBY', KEYS[5], status, -1)
+return status
 """
 
 
 class RedisJobStore:
     """Job records under the ``namespace`` prefix of one Redis database."""
 
-    def __init__(self, url: str, namespace: str = "serve-http") -> None:
-        # redis-py's pool reconnects in a forked child by itself.
-        self.redis = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(self, url: str, namespace: str = "serve-http", allow_volatile: bool = False) -> None:
+        # redis-py's pool reconnects in a forked child by itself. The timeouts
+        # keep a probe (/readyz, /metrics) from hanging on a server that does
+        # not answer; no command here blocks on the server's side.
+        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10)
         self.ns = namespace
+        self.allow_volatile = allow_volatile
+        self._durable: tuple[str | None, float] | None = None  # (refusal or None, when asked)
         self._create = self.redis.register_script(_CREATE)
         self._claim = self.redis.register_script(_CLAIM)
         self._owned = self.redis.register_script(_OWNED)
         self._cancel = self.redis.register_script(_CANCEL)
         self._requeue = self.redis.register_script(_REQUEUE)
+        self._discard = self.redis.register_script(_DISCARD)
 
     def _key(self, job_id: str) -> str:
         return f"{self.ns}:job:{job_id}"
@@ -118,6 +166,14 @@ class RedisJobStore:
     @property
     def _finished(self) -> str:
         return f"{self.ns}:finished"
+
+    @property
+    def _counts(self) -> str:
+        return f"{self.ns}:counts"
+
+    @property
+    def _workers(self) -> str:
+        return f"{self.ns}:workers"
 
     def _idempotency(self, key: str | None) -> str:
         return f"{self.ns}:idempotency:{key}" if key is not None else ""
@@ -147,7 +203,7 @@ class RedisJobStore:
 
     def create(self, job: Job, inputs: Sequence[Any]) -> Created:
         existing = self._create(
-            keys=[self._key(job.id), self._key(job.id) + ":inputs", self._idempotency(job.idempotency_key)],
+            keys=[self._key(job.id), self._key(job.id) + ":inputs", self._idempotency(job.idempotency_key), self._counts],
             args=[job.id, json.dumps(list(inputs)), *self._encode(job)],
         )
         if existing:
@@ -165,11 +221,11 @@ class RedisJobStore:
         return json.loads(data) if data else []
 
     def claim(self, job_id: str) -> int | None:
-        attempt = self._claim(keys=[self._key(job_id), self._running], args=[job_id, repr(now())])
+        attempt = self._claim(keys=[self._key(job_id), self._running, self._counts], args=[job_id, repr(now())])
         return int(attempt) if attempt else None
 
     def _owned_call(self, job_id: str, attempt: int, action: str, *values: Any) -> bool:
-        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs"]
+        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs", self._counts]
         args = [job_id, attempt, action, repr(now()), *("" if v is None else v for v in values)]
         return bool(self._owned(keys=keys, args=args))
 
@@ -187,7 +243,7 @@ class RedisJobStore:
         return self._owned_call(job_id, attempt, "release")
 
     def cancel(self, job_id: str) -> Job | None:
-        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs"]
+        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs", self._counts]
         self._cancel(keys=keys, args=[job_id, repr(now())])
         return self.get(job_id)
 
@@ -196,7 +252,7 @@ class RedisJobStore:
         failed: list[str] = []
         for job_id in self.redis.smembers(self._running):
             outcome = self._requeue(
-                keys=[self._key(job_id), self._running, self._finished],
+                keys=[self._key(job_id), self._running, self._finished, self._counts],
                 args=[job_id, repr(cutoff), max_attempts, repr(now())],
             )
             if outcome == "requeued":
@@ -206,17 +262,94 @@ class RedisJobStore:
         return requeued, failed
 
     def discard(self, job_id: str) -> None:
-        key = self.redis.hget(self._key(job_id), "idempotency_key")
-        pipe = self.redis.pipeline()
-        pipe.delete(self._key(job_id), self._key(job_id) + ":inputs")
-        if key:
-            pipe.delete(self._idempotency(key))
-        pipe.srem(self._running, job_id)
-        pipe.zrem(self._finished, job_id)
-        pipe.execute()
+        self._discard(
+            keys=[self._key(job_id), self._key(job_id) + ":inputs", self._running, self._finished, self._counts],
+            args=[job_id, self._idempotency("")],
+        )
 
     def purge(self, finished_before: float) -> list[str]:
         expired = self.redis.zrangebyscore(self._finished, "-inf", finished_before)
         for job_id in expired:
             self.discard(job_id)
         return list(expired)
+
+    def known(self, job_ids: Sequence[str]) -> set[str]:
+        ids = list(job_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(self._key(job_id))
+        return {job_id for job_id, found in zip(ids, pipe.execute()) if found}
+
+    def counts(self) -> dict[str, int]:
+        # One HGETALL of the counters the scripts keep; never below 0, should
+        # a record have gone another way (a key evicted under maxmemory).
+        stored = self.redis.hgetall(self._counts)
+        return {name: max(0, int(stored.get(name, 0))) for name in (*STATES, LOST)}
+
+    def set_lost(self, count: int) -> None:
+        self.redis.hset(self._counts, LOST, count)
+
+    def beat(self, worker: str) -> None:
+        t = now()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self._workers, {worker: t})
+        pipe.zrem(self._workers + ":stopped", worker)
+        for key in (self._workers, self._workers + ":stopped"):
+            pipe.zremrangebyscore(key, "-inf", t - WORKER_KEPT_S)
+        pipe.execute()
+
+    def leave(self, worker: str) -> None:
+        pipe = self.redis.pipeline()  # MULTI: never counted in neither set
+        pipe.zrem(self._workers, worker)
+        pipe.zadd(self._workers + ":stopped", {worker: now()})
+        pipe.execute()
+
+    def workers(self, alive_after: float) -> WorkerBeats:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self._workers, f"({alive_after!r}", "+inf")
+        pipe.zrevrange(self._workers, 0, 0, withscores=True)
+        pipe.zrevrange(self._workers + ":stopped", 0, 0, withscores=True)
+        alive, running, stopped = pipe.execute()
+        beats = [newest[0][1] for newest in (running, stopped) if newest]
+        return WorkerBeats(alive=int(alive), last=max(beats) if beats else None)
+
+    def check_durable(self) -> None:
+        """Refuse a server with neither AOF nor RDB snapshots (``CONFIG GET
+        appendonly`` no and ``save`` empty): once per process when it passes,
+        again every few seconds while it does not. A server whose CONFIG is
+        renamed or denied (managed Redis) is trusted, with a warning."""
+        if self._durable is not None:
+            refusal, asked = self._durable
+            if refusal is None or time.monotonic() - asked < RECHECK_REFUSAL_S:
+                if refusal is not None:
+                    raise JobBackendVolatile(refusal)
+                return
+        refusal = self._volatile_reason()
+        self._durable = (refusal, time.monotonic())
+        if refusal is not None:
+            raise JobBackendVolatile(refusal)
+
+    def _volatile_reason(self) -> str | None:
+        try:
+            appendonly = self.redis.config_get("appendonly").get("appendonly", "")
+            save = self.redis.config_get("save").get("save", "")
+        except redis.ResponseError as error:  # CONFIG renamed (rename-command) or denied by an ACL
+            log.warning("cannot ask Redis at %s whether it keeps the job records on disk (%s); "
+                        "make sure it has AOF or RDB persistence", self._where(), error)
+            return None
+        if appendonly == "yes" or save.strip():
+            return None
+        if self.allow_volatile:
+            log.warning("Redis at %s keeps the job records in memory only (appendonly no, save \"\"): "
+                        "accepted because SERVE_JOBS_ALLOW_VOLATILE=true; a Redis restart loses every job", self._where())
+            return None
+        return (f"Redis at {self._where()} keeps the job records in memory only (appendonly no, save \"\"): "
+                "a restart would lose every job. Turn on AOF (appendonly yes) or RDB snapshots (e.g. save 60 1000) "
+                "on it, or set SERVE_JOBS_ALLOW_VOLATILE=true to accept the loss")
+
+    def _where(self) -> str:
+        """host:port/db, never the URL (it may carry a password)."""
+        kwargs = self.redis.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return f"unix:{kwargs['path']}"
+        return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

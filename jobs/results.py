@@ -4,18 +4,27 @@ when it is done. Local disk by default, S3-compatible storage for scale-out.
 Parts make a retry cheap: a worker that takes over a job skips every batch
 whose part exists. Every write is atomic (a part or the result is either whole
 or absent), so a worker killed mid-write leaves nothing half-written behind.
+
+Each job also has a small marker (``job.json``: id, model, total, created_at),
+written when it is submitted, right after its record: what the storage holds
+of a job whose record the job backend then lost is that job's trace, so that
+``GET /v1/jobs/{id}`` can say 410 "lost" rather than 404 "never was", and the
+job sweep can find and delete it (``jobs/maintenance.py``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 _PART = re.compile(r"(\d{8})\.jsonl$")
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+MARKER = "job.json"
 
 
 def _part_name(index: int) -> str:
@@ -34,6 +43,15 @@ class ResultStorage(Protocol):
         """Whether the joined result exists (a retry after the join need not recompute)."""
 
     def delete(self, job_id: str) -> None: ...
+
+    def write_marker(self, job_id: str, fields: dict[str, Any]) -> None:
+        """The job's marker: what is left of it should its record be lost."""
+
+    def trace(self, job_id: str) -> dict[str, Any] | None:
+        """None if the storage holds nothing of the job; else its marker's fields ({} without one)."""
+
+    def jobs(self) -> Iterator[tuple[str, float]]:
+        """(job id, time of its last write) of every job the storage holds something of."""
 
 
 class LocalResults:
@@ -84,6 +102,36 @@ class LocalResults:
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
 
+    def write_marker(self, job_id: str, fields: dict[str, Any]) -> None:
+        self._atomic_write(self.folder(job_id) / MARKER, [json.dumps(fields).encode()])
+
+    def trace(self, job_id: str) -> dict[str, Any] | None:
+        folder = self.folder(job_id)
+        if not folder.is_dir():
+            return None
+        try:
+            return json.loads((folder / MARKER).read_bytes())
+        except (OSError, ValueError):  # parts or a result only (a job older than markers)
+            return {}
+
+    def jobs(self) -> Iterator[tuple[str, float]]:
+        # A folder's mtime moves when its marker or result is written, parts/'s when a part is.
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not (_JOB_ID.fullmatch(entry.name) and entry.is_dir()):
+                continue
+            times = []
+            for path in (entry.path, os.path.join(entry.path, "parts")):
+                try:
+                    times.append(os.stat(path).st_mtime)
+                except FileNotFoundError:
+                    pass
+            if times:  # gone since the listing: deleted meanwhile
+                yield entry.name, max(times)
+
 
 class S3Results:
     """The same layout under ``<prefix><job id>/`` in a bucket; downloads by pre-signed URL.
@@ -123,10 +171,10 @@ class S3Results:
     def write_part(self, job_id: str, index: int, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(job_id, "parts/" + _part_name(index)), Body=data)
 
-    def _part_keys(self, job_id: str) -> list[str]:
+    def _part_keys(self, job_id: str, folder: str = "parts/") -> list[str]:
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(job_id, "parts/")):
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(job_id, folder)):
             keys += [item["Key"] for item in page.get("Contents", [])]
         return keys
 
@@ -174,4 +222,37 @@ class S3Results:
         )
 
     def delete(self, job_id: str) -> None:
-        self._delete_keys(self._part_keys(job_id) + [self._key(job_id, "results.jsonl")])
+        self._delete_keys(self._part_keys(job_id, folder=""))
+
+    def write_marker(self, job_id: str, fields: dict[str, Any]) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(job_id, MARKER), Body=json.dumps(fields).encode(),
+                               ContentType="application/json")
+
+    def trace(self, job_id: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(job_id, ""), MaxKeys=1)
+        if not listing.get("KeyCount"):
+            return None
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(job_id, MARKER))["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return {}
+            raise
+        try:
+            return json.loads(body)
+        except ValueError:
+            return {}
+
+    def jobs(self) -> Iterator[tuple[str, float]]:
+        # One listing of the prefix: about one request per 1,000 objects.
+        last: dict[str, float] = {}
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                job_id = item["Key"][len(self.prefix):].split("/", 1)[0]
+                if _JOB_ID.fullmatch(job_id):
+                    written = item["LastModified"].timestamp()
+                    last[job_id] = max(written, last.get(job_id, written))
+        yield from last.items()

@@ -1,6 +1,14 @@
-"""What the HTTP layer asks of jobs: submit, look up, cancel, find the result.
+"""What the HTTP layer asks of jobs: submit, look up, cancel, find the result,
+and how the job subsystem is (``/readyz``, ``/metrics``).
 
 Knows no Flask; the routes in ``api/jobs.py`` turn its answers into HTTP.
+
+A job is refused (503) rather than left queued for ever when no job worker
+has beaten for ``SERVE_JOB_WORKER_GRACE_S`` (counted from this process's
+start until a first heartbeat, so that a web server and a worker started
+together never refuse), and while the backend is a Redis without persistence
+that was not allowed. A job whose record is gone but whose marker or results
+are still stored is lost (410), not unknown (404).
 """
 
 from __future__ import annotations
@@ -10,16 +18,27 @@ import logging
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobs.backends import Backends, build_backends
-from jobs.records import FAILED, SUCCEEDED, Created, Job, new_job_id
+from jobs.presence import alive_window
+from jobs.records import FAILED, SUCCEEDED, Created, Job, WorkerBeats, new_job_id, now
 from jobs.results import LocalResults, S3Results
-from serving.errors import Conflict, IdempotencyConflict, JobNotFinished, JobNotFound, NotReady
+from serving.errors import (
+    Conflict,
+    IdempotencyConflict,
+    JobBackendVolatile,
+    JobLost,
+    JobNotFinished,
+    JobNotFound,
+    NoJobWorker,
+    NotReady,
+)
 from serving.settings import Settings
 from utils_serve import digest
 
@@ -48,22 +67,124 @@ def backend_call(what: str) -> Iterator[None]:
         raise NotReady(f"the job {what} is not reachable; try again") from None
 
 
+def _iso(value: Any) -> str | None:
+    if not isinstance(value, (int, float)):
+        return None
+    return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    return " ".join(str(error).split())[:limit]
+
+
 class JobService:
     def __init__(self, settings: Settings, backends: Backends) -> None:
         self.settings = settings
         self.backends = backends
+        self.started_at = now()
+        self.alive_s = alive_window(settings)
+        self._refusing = False  # a volatile backend's refusal was logged
+        self._last_health = "ok"
 
     @property
     def store(self):
         return self.backends.store
 
+    # --- the subsystem's health ----------------------------------------------
+
     def health(self) -> dict[str, Any]:
-        """``/readyz``'s ``jobs``: ``status`` ok | degraded | down and what it is made of."""
-        return {"status": "ok", "backend": self.backends.name}
+        """``/readyz``'s ``jobs``: ``status`` ok | degraded (no worker alive) |
+        down (the store or queue does not answer, or is refused), and what it
+        is made of. Three small queries (Redis: one CONFIG check per process);
+        never raises: whatever failed is the answer."""
+        report: dict[str, Any] = {"status": "ok", "backend": self.backends.name}
+        t = now()
+        try:
+            self._check_durable()
+            beats = self.store.workers(t - self.alive_s)
+            depth = self.backends.queue.depth()
+        except JobBackendVolatile as refused:
+            report.update(status="down", backend_reachable=True, accepting_jobs=False,
+                          error={"type": refused.code, "message": refused.message})
+        except Exception as error:  # a probe must not fail: the backend's error is the answer
+            report.update(status="down", backend_reachable=False, accepting_jobs=False,
+                          error={"type": type(error).__name__, "message": _one_line(error)})
+        else:
+            refusal = self._worker_refusal(beats, t)
+            report.update(
+                backend_reachable=True,
+                workers_alive=beats.alive,
+                last_heartbeat_age_s=round(t - beats.last, 3) if beats.last is not None else None,
+                queue_depth=depth,
+                accepting_jobs=refusal is None,
+            )
+            if not beats.alive:
+                report["status"] = "degraded"
+                report["reason"] = refusal or (
+                    "no job worker is alive: new jobs wait in the queue; start one with `make worker`"
+                    " or `python -m jobs.worker`"
+                )
+        if report["status"] != self._last_health:  # one line per change, not one per probe
+            if report["status"] != "down":
+                log.info("job subsystem %s", report["status"])
+            elif report["error"]["type"] != JobBackendVolatile.code:  # that one has its own line
+                log.warning("job subsystem down: %s", report["error"]["message"])
+            self._last_health = report["status"]
+        return report
+
+    def figures(self) -> dict[str, Any]:
+        """What ``/metrics`` reports of jobs: workers alive, queue depth, jobs by
+        status; raises what the backend raises when it is down."""
+        return {
+            "workers_alive": self.store.workers(now() - self.alive_s).alive,
+            "queue_depth": self.backends.queue.depth(),
+            "jobs": self.store.counts(),
+        }
+
+    def _check_durable(self) -> None:
+        try:
+            self.store.check_durable()
+        except JobBackendVolatile as refused:
+            if not self._refusing:  # one line per process, not one per request
+                log.error("job backend refused: %s", refused.message)
+                self._refusing = True
+            raise
+        self._refusing = False
+
+    def _worker_refusal(self, beats: WorkerBeats, t: float) -> str | None:
+        """Why a new job would be refused for want of a worker, or None."""
+        grace = self.settings.job_worker_grace_s
+        if grace <= 0 or beats.alive:
+            return None
+        since = max(beats.last or 0.0, self.started_at)
+        if t - since <= grace:
+            return None
+        if beats.last is None or beats.last < self.started_at:
+            what = f"no job worker has been alive since this server started {t - since:.0f} s ago"
+        else:
+            what = f"no job worker has been alive for {t - since:.0f} s"
+        return (f"{what} (SERVE_JOB_WORKER_GRACE_S={grace:g}), so a job would wait for ever; start one with"
+                " `make worker` or `python -m jobs.worker` (same settings as this server)")
+
+    def _require_worker(self) -> None:
+        if self.settings.job_worker_grace_s <= 0:
+            return
+        t = now()
+        beats = self.store.workers(t - self.alive_s)
+        refusal = self._worker_refusal(beats, t)
+        if refusal is not None:
+            age = round(t - beats.last, 1) if beats.last is not None else None
+            raise NoJobWorker(f"{refusal}; no job was created",
+                              details={"workers_alive": 0, "last_heartbeat_age_s": age})
+
+    # --- jobs ------------------------------------------------------------------
 
     def submit(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any],
                idempotency_key: str | None = None) -> Created:
         """A new queued job, or the earlier one made with the same idempotency key and body."""
+        with backend_call("store"):
+            self._check_durable()
+            self._require_worker()
         body_digest = digest(json.dumps([model, list(inputs), parameters], sort_keys=True))
         job = Job(
             id=new_job_id(),
@@ -83,28 +204,45 @@ class JobService:
                     details={"job_id": outcome.job.id},
                 )
             return outcome
+        # After the record, so that every marker had a record: one without is a lost job.
+        try:
+            self.backends.results.write_marker(
+                job.id, {"id": job.id, "model": model, "total": job.total, "created_at": job.created_at}
+            )
+        except Exception:
+            self._undo(job.id, "result storage")
         try:
             self.backends.queue.enqueue(job.id)
         except Exception:
-            log.exception("could not enqueue job %s", job.id)
-            # Forgotten, so that a retry with the same Idempotency-Key makes it anew.
-            with backend_call("store"):
-                self.store.discard(job.id)
-            raise NotReady("the job queue is not reachable; try again") from None
+            self._undo(job.id, "queue")
         return outcome
+
+    def _undo(self, job_id: str, what: str) -> NoReturn:
+        """Forget a job half made (its ``what`` failed), so that a retry with
+        the same Idempotency-Key makes it anew; a 503 for the client."""
+        log.exception("job %s: the job %s failed", job_id, what)
+        with backend_call("store"):
+            self.store.discard(job_id)
+        try:
+            self.backends.results.delete(job_id)
+        except Exception:  # a marker left behind is a lost job: the sweep deletes it
+            log.warning("job %s: its marker was not deleted", job_id, exc_info=True)
+        raise NotReady(f"the job {what} is not reachable; try again") from None
 
     def get(self, job_id: str) -> Job:
         with backend_call("store"):
+            self._check_durable()
             job = self.store.get(job_id)
         if job is None:
-            raise JobNotFound(f"no job {job_id!r}")
+            self._missing(job_id)
         return job
 
     def cancel(self, job_id: str) -> Job:
         with backend_call("store"):
+            self._check_durable()
             job = self.store.cancel(job_id)
         if job is None:
-            raise JobNotFound(f"no job {job_id!r}")
+            self._missing(job_id)
         if job.status in (SUCCEEDED, FAILED):
             raise Conflict(f"job {job_id} already {job.status}", details={"status": job.status})
         return job
@@ -122,6 +260,20 @@ class JobService:
                 return ResultLocation(url=results.url(job_id))
         assert isinstance(results, LocalResults)
         return ResultLocation(path=results.path(job_id))
+
+    def _missing(self, job_id: str) -> NoReturn:
+        """No record: 410 if result storage holds a trace of the job, else 404."""
+        with backend_call("result storage"):
+            trace = self.backends.results.trace(job_id)
+        if trace is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        raise JobLost(
+            f"job {job_id} existed, but the job backend lost its record (was Redis restarted without"
+            " persistence?); submit it again. What it had saved is kept until the job sweep deletes it,"
+            f" {self.settings.job_orphan_age_s:g} s after its last write (SERVE_JOB_ORPHAN_AGE_S)",
+            details={"job_id": job_id, "model": trace.get("model"), "total": trace.get("total"),
+                     "created_at": _iso(trace.get("created_at"))},
+        )
 
 
 def build_service(settings: Settings, immediate: bool = False) -> JobService:

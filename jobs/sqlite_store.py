@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from jobs.records import ACTIVE, CANCELLED, FAILED, QUEUED, RUNNING, Created, Job, now
+from jobs.records import (
+    ACTIVE, CANCELLED, FAILED, LOST, QUEUED, RUNNING, STATES, WORKER_KEPT_S, Created, Job, WorkerBeats, now,
+)
 
 _SCHEMA = """
 create table if not exists jobs (
@@ -38,6 +40,15 @@ create table if not exists job_inputs (
     job_id text primary key references jobs (id) on delete cascade,
     data blob not null
 );
+create table if not exists job_workers (
+    id text primary key,
+    beat_at real not null,
+    stopped integer not null default 0
+);
+create table if not exists job_stats (
+    name text primary key,
+    value integer not null
+);
 """
 
 _COLUMNS = (
@@ -45,6 +56,9 @@ _COLUMNS = (
     "created_at", "started_at", "finished_at", "heartbeat_at", "error_code", "error_message",
     "idempotency_key", "body_digest",
 )
+
+
+_INHERITED: list[sqlite3.Connection] = []
 
 
 class SqliteJobStore:
@@ -59,6 +73,10 @@ class SqliteJobStore:
         # A connection must not cross a fork (Gunicorn and huey fork after import).
         conn = getattr(self._local, "conn", None)
         if conn is None or self._local.pid != os.getpid():
+            if conn is not None:
+                # Inherited from the parent: kept, never closed here (closing a
+                # connection made before the fork is what SQLite warns against).
+                _INHERITED.append(conn)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
@@ -194,3 +212,54 @@ class SqliteJobStore:
                     (finished_before,),
                 ).fetchall()
             ]
+
+    def known(self, job_ids: Sequence[str]) -> set[str]:
+        ids = list(job_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):  # below SQLite's bound on parameters
+            chunk = ids[start : start + 500]
+            found.update(row["id"] for row in self._conn.execute(
+                f"select id from jobs where id in ({', '.join('?' * len(chunk))})", chunk
+            ))
+        return found
+
+    def counts(self) -> dict[str, int]:
+        # One pass over the (status, heartbeat_at) index; retention bounds the rows.
+        counts = dict.fromkeys(STATES, 0)
+        for status, count in self._conn.execute("select status, count(*) from jobs group by status"):
+            counts[status] = count
+        row = self._conn.execute("select value from job_stats where name = ?", (LOST,)).fetchone()
+        counts[LOST] = row["value"] if row else 0
+        return counts
+
+    def set_lost(self, count: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "insert into job_stats (name, value) values (?, ?) on conflict (name) do update set value = excluded.value",
+                (LOST, count),
+            )
+
+    def beat(self, worker: str) -> None:
+        t = now()
+        with self._write() as conn:
+            conn.execute(
+                "insert into job_workers (id, beat_at) values (?, ?)"
+                " on conflict (id) do update set beat_at = excluded.beat_at, stopped = 0",
+                (worker, t),
+            )
+            conn.execute("delete from job_workers where beat_at < ?", (t - WORKER_KEPT_S,))
+
+    def leave(self, worker: str) -> None:
+        # Kept as stopped, its last beat now: "a worker was alive until N s ago".
+        with self._write() as conn:
+            conn.execute("update job_workers set stopped = 1, beat_at = ? where id = ?", (now(), worker))
+
+    def workers(self, alive_after: float) -> WorkerBeats:
+        row = self._conn.execute(
+            "select count(*) filter (where not stopped and beat_at > ?) as alive, max(beat_at) as last from job_workers",
+            (alive_after,),
+        ).fetchone()
+        return WorkerBeats(alive=row["alive"], last=row["last"])
+
+    def check_durable(self) -> None:
+        """A SQLite file outlives the processes: nothing to check."""

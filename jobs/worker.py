@@ -8,7 +8,12 @@ collects and freezes the heap before forking, and each child sets its own
 torch and OpenCV thread counts. Scheduled work (the stale-job sweep, every
 site's forecast, the disk cache's pruning) runs in the pool too, as huey
 tasks on their schedules (``jobs/periodic.py``); the main process only keeps
-those chains alive.
+those chains alive, and this worker's heartbeat (``jobs/presence.py``), by
+which web processes know that a worker will take their jobs.
+
+A Redis job backend that keeps nothing on disk is refused (exit 1, one line
+saying why), unless ``SERVE_JOBS_ALLOW_VOLATILE=true``: checked before the
+models load, and again before each heartbeat while Redis has not answered.
 """
 
 from __future__ import annotations
@@ -20,18 +25,19 @@ import os
 import time
 from typing import Callable
 
-from huey.consumer import Consumer
+from huey.consumer import Consumer, ConsumerStopped
 
-from jobs.backends import build_backends
+from jobs.backends import build_backends, build_store
 from jobs.forecasts import build_forecast_store, refresh_all
 from jobs.maintenance import Maintenance
 from jobs.periodic import CACHE_PRUNE, FORECASTS, JOB_SWEEP, Periodic
+from jobs.presence import Presence
 from jobs.queue import install_runner
 from jobs.runner import JobRunner
 from predict import ModelRegistry, Predictor
 from serving import logs
 from serving.cache import DiskCache, NullCache
-from serving.errors import ModelLoadError
+from serving.errors import JobBackendVolatile, ModelLoadError
 from serving.schedule import Schedule
 from serving.settings import Settings
 from serving.threads import set_compute_threads
@@ -41,18 +47,33 @@ log = logging.getLogger("jobs.worker")
 
 
 class JobConsumer(Consumer):
-    """huey's consumer, whose main loop also keeps the scheduled chains alive."""
+    """huey's consumer, whose main loop also keeps the scheduled chains alive
+    and beats this worker's heartbeat, both every ``interval`` seconds."""
 
-    def __init__(self, huey, chains: Periodic, interval: float, **options) -> None:
+    def __init__(self, huey, chains: Periodic, presence: Presence, interval: float, **options) -> None:
         super().__init__(huey, **options)
         self.chains = chains
+        self.presence = presence
         self.interval = interval
+        self.exit_code = 0
         self._next_watch = 0.0
 
     def loop(self, health_check_ts=None):
-        health_check_ts = super().loop(health_check_ts)
+        try:
+            health_check_ts = super().loop(health_check_ts)
+        except ConsumerStopped:  # a signal, or the refusal below: a clean stop
+            self.presence.leave()
+            raise
         if time.monotonic() >= self._next_watch:
             self._next_watch = time.monotonic() + self.interval
+            try:
+                self.presence.beat()
+            except JobBackendVolatile as refused:
+                log.critical("job worker: stopping: %s", refused.message)
+                self.exit_code = 1
+                self.stop()  # running jobs are handed back, as on SIGTERM
+                self.presence.leave()
+                raise ConsumerStopped from None
             try:
                 self.chains.watch()
             except Exception:  # a broker hiccup must not stop the consumer
@@ -77,7 +98,7 @@ def scheduled_actions(settings: Settings, backends, registry: ModelRegistry, pre
     return actions
 
 
-def build_consumer(settings: Settings) -> JobConsumer:
+def build_consumer(settings: Settings, presence: Presence) -> JobConsumer:
     registry = ModelRegistry(settings.model_repository, settings.models)
     registry.load_all()
     backends = build_backends(settings)
@@ -109,6 +130,7 @@ def build_consumer(settings: Settings) -> JobConsumer:
     consumer = JobConsumer(
         huey,
         chains,
+        presence,
         interval=settings.job_heartbeat_s,
         workers=settings.job_workers,
         worker_type="process",
@@ -124,18 +146,41 @@ def build_consumer(settings: Settings) -> JobConsumer:
     return consumer
 
 
+def refuse_volatile(store) -> None:
+    """Exit 1 with one line if the job backend would lose every job on a restart;
+    a backend that does not answer yet is checked again before each heartbeat."""
+    try:
+        store.check_durable()
+    except JobBackendVolatile as refused:
+        log.critical("job worker: cannot start: %s", refused.message)
+        raise SystemExit(1) from None
+    except Exception as error:
+        log.warning("job worker: the job backend does not answer yet (%s: %s); going on", type(error).__name__, error)
+
+
 def main() -> None:
     settings = Settings()
     # The same log lines as the web processes: JSON (or text) with request ids,
     # libraries' output included.
     logs.route_library_output()
     logging.config.dictConfig(logs.logging_config(settings.log_format, settings.log_level))
+    store = build_store(settings)
+    refuse_volatile(store)
+    presence = Presence(store, settings.job_heartbeat_s)
     try:
-        consumer = build_consumer(settings)
+        with presence.beating():  # alive while the models load
+            consumer = build_consumer(settings, presence)
     except ModelLoadError as exc:  # one line naming the model, as the web server's
+        presence.leave()
         log.critical("job worker: cannot start: %s", exc)
         raise SystemExit(1) from None
+    if presence.refused is not None:  # Redis answered while the models loaded
+        presence.leave()
+        log.critical("job worker: cannot start: %s", presence.refused.message)
+        raise SystemExit(1)
     consumer.run()
+    if consumer.exit_code:
+        raise SystemExit(consumer.exit_code)
 
 
 if __name__ == "__main__":

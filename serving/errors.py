@@ -89,6 +89,13 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class JobLost(ServeError):
+    """The job existed (result storage still holds its trace) but its record is
+    gone: the job backend lost it (410, not 404: asking again will not help)."""
+
+    code = "job_lost"
+
+
 class Conflict(ServeError):
     """The request clashes with the resource's current state (409)."""
 
@@ -119,6 +126,18 @@ class NotReady(ServeError):
     """A model is not loaded (yet, or it failed to load)."""
 
     code = "not_ready"
+
+
+class NoJobWorker(NotReady):
+    """No job worker has been alive for ``SERVE_JOB_WORKER_GRACE_S``: a job would wait for ever."""
+
+    code = "no_job_worker"
+
+
+class JobBackendVolatile(NotReady):
+    """The job backend (a Redis without persistence) would lose every job on a restart."""
+
+    code = "job_backend_volatile"
 
 
 class Overloaded(ServeError):
@@ -158,6 +177,12 @@ class StreamingUnavailable(NotReady):
     """This worker class cannot hold a WebSocket (Gunicorn's sync worker)."""
 
     code = "streaming_unavailable"
+
+
+class CacheUnavailable(NotReady):
+    """The prediction cache cannot be used now (predictions go on uncached); it is retried."""
+
+    code = "cache_unavailable"
 
 
 def invalid(field: str, message: str, kind: str = "value_error") -> ValidationFailed:

@@ -192,6 +192,41 @@ class ScheduledRuns:
         yield last
 
 
+class JobGauges:
+    """The job subsystem, read at scrape time from the job store and queue
+    (``JobService.figures``): the same figures from every web process, whichever
+    machine runs the workers. ``figures`` None: the backend did not answer,
+    and only ``serve_http_job_backend_up 0`` is reported."""
+
+    def __init__(self, figures: dict[str, Any] | None) -> None:
+        self.figures = figures
+
+    def collect(self):
+        up = GaugeMetricFamily("serve_http_job_backend_up", "1 when the job store and queue answered this scrape, else 0.")
+        up.add_metric([], 0 if self.figures is None else 1)
+        yield up
+        if self.figures is None:
+            return
+        yield GaugeMetricFamily(
+            "serve_http_job_workers_alive",
+            "Job workers whose heartbeat is younger than 3 x SERVE_JOB_HEARTBEAT_S (at least 5 s).",
+            value=self.figures["workers_alive"],
+        )
+        yield GaugeMetricFamily(
+            "serve_http_job_queue_depth",
+            "Messages waiting in the job queue for a worker (job ids, due scheduled runs).",
+            value=self.figures["queue_depth"],
+        )
+        jobs = GaugeMetricFamily(
+            "serve_http_jobs",
+            "Jobs by state: each record status, and lost (no record, results still stored), within retention.",
+            labels=["state"],
+        )
+        for state, count in self.figures["jobs"].items():
+            jobs.add_metric([state], count)
+        yield jobs
+
+
 def exposition(extra: Iterable[Any] = ()) -> tuple[bytes, str]:
     """The text exposition of every process's metrics (and of ``extra``
     collectors), and its content type."""

@@ -14,10 +14,15 @@ done here, minimally, with the defaults (as on a machine with no deploy/.env).
 from __future__ import annotations
 
 import ast
+import configparser
+import importlib.util
+import inspect
 import io
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -495,3 +500,71 @@ def test_grafana_gets_the_shipped_dashboard_on_the_provisioned_data_source(compo
     uids += [variable["datasource"]["uid"] for variable in dashboard["templating"]["list"]]
     assert uids and set(uids) == {datasource["uid"]}
     assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{provider['options']['path']}/serve-http.json"
+
+
+# --- deploy/*.service: the systemd units -----------------------------------
+
+UNITS = {"web": DEPLOY / "serve-http-web.service", "worker": DEPLOY / "serve-http-worker.service"}
+
+
+def systemd_unit(path: Path) -> configparser.ConfigParser:
+    # strict: a key set twice in a section fails (systemd would take the last, or add them up).
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # systemd's keys are case-sensitive
+    parser.read_string(path.read_text(), str(path))
+    return parser
+
+
+def systemd_seconds(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(s|min)", value).groups()
+    return int(number) * {"s": 1, "min": 60}[unit]
+
+
+def test_the_systemd_units_run_the_launchers_commands_from_one_checkout(compose):
+    units = {name: systemd_unit(path) for name, path in UNITS.items()}
+    (root,) = {unit["Service"]["WorkingDirectory"] for unit in units.values()}
+    (environment_file,) = {unit["Service"]["EnvironmentFile"] for unit in units.values()}
+    (user,) = {(unit["Service"]["User"], unit["Service"]["Group"]) for unit in units.values()}
+    assert root.startswith("/") and environment_file.startswith("-/")  # optional: the checkout's .env may do
+    for name, unit in units.items():
+        service = unit["Service"]
+        argv = shlex.split(service["ExecStart"])
+        # jobs/launch.py's command, run by the checkout's own venv.
+        assert argv == [f"{root}/.venv/bin/python", *COMMANDS[name][1:]]
+        module = argv[argv.index("-m") + 1]
+        assert importlib.util.find_spec(module) is not None, module
+        assert service["Restart"] == "on-failure" and 0 < systemd_seconds(service["RestartSec"]) <= 30
+        assert service["KillSignal"] == "SIGTERM"
+        assert unit["Unit"]["StartLimitIntervalSec"] == "0"  # never gives up, as the launcher
+        assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert importlib.util.find_spec(COMMANDS["web"][-1].split(":")[0]) is not None  # serve_http
+    web, worker = units["web"]["Service"], units["worker"]["Service"]
+    # Gunicorn drains its requests for GRACEFUL_TIMEOUT before systemd kills
+    # what is left, and waits as long as compose's web service does.
+    stop = systemd_seconds(web["TimeoutStopSec"])
+    assert stop > Settings(_env_file=None).graceful_timeout
+    assert f"{stop}s" == compose["services"]["web"]["stop_grace_period"]
+    assert web["KillMode"] == "mixed" and web["ExecReload"] == "/bin/kill -s HUP $MAINPID"
+    # Type=notify: the master says READY=1 itself once the app is preloaded.
+    import gunicorn.arbiter
+
+    assert web["Type"] == "notify" and "READY=1" in inspect.getsource(gunicorn.arbiter.Arbiter.start)
+    # The worker stops about 1 s after SIGTERM (huey gives its processes 1 s);
+    # the whole group gets it, so a killed consumer's job processes too.
+    assert 1 < systemd_seconds(worker["TimeoutStopSec"]) <= int(compose["services"]["worker"]["stop_grace_period"].rstrip("s"))
+    assert worker["KillMode"] == "control-group"
+    # `make worker` and compose's worker run the same command, and compose restarts it too.
+    assert makefile_recipe("worker") == [" ".join(["python", *COMMANDS["worker"][1:]])]
+    assert compose["services"]["worker"]["restart"] == "unless-stopped"
+
+
+def test_systemd_accepts_the_units_against_this_checkout(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: apt-get install systemd"
+    root = systemd_unit(UNITS["worker"])["Service"]["WorkingDirectory"]
+    for path in UNITS.values():
+        (tmp_path / path.name).write_text(path.read_text().replace(root, str(REPO_ROOT)))
+    done = subprocess.run([analyze, "verify", *(str(tmp_path / path.name) for path in UNITS.values())],
+                          capture_output=True, text=True, timeout=60)
+    # An unknown key or a bad value is only a warning to systemd: none either.
+    assert done.returncode == 0 and not done.stdout and not done.stderr, done.stdout + done.stderr

@@ -290,10 +290,12 @@ def test_info_and_health(client):
         "status": "ok", "success": True, "message": "Success.", "data": {"status": "ok"}
     }
     ready = {"ready": True, "optional": False, "reason": None}
-    assert client.get("/readyz").get_json() == {
-        "status": "ready",
-        "models": {"faces": ready, "sentiment": ready, "tiny-yolos": ready},
-    }
+    body = client.get("/readyz").get_json()
+    assert (body["status"], body["models"]) == ("ready", {"faces": ready, "sentiment": ready, "tiny-yolos": ready})
+    # The job subsystem and the cache are reported beside the models: here no
+    # job worker has ever run (degraded, not a reason for 503) and the cache works.
+    assert body["jobs"]["status"] in ("ok", "degraded") and body["jobs"]["backend_reachable"] is True
+    assert body["cache"]["status"] == "ok"
 
 
 def test_api_keys(settings, registry):

@@ -213,14 +213,23 @@ class JobWorker(Process):
 
 
 class RedisServer(Process):
-    """A throw-away ``redis-server`` on a free loopback port, no persistence."""
+    """A throw-away ``redis-server`` on a free loopback port, its files in ``tmp``.
 
-    def __init__(self, tmp: Path) -> None:
+    Persistent (AOF, fsync every second) unless ``volatile``: then nothing is
+    kept on disk, and a restart loses every key, which the job backend refuses
+    unless ``SERVE_JOBS_ALLOW_VOLATILE=true``. ``extra`` are more
+    ``redis-server`` options (``--rename-command CONFIG ""``). ``start`` again
+    after ``stop`` or ``kill`` restarts it on the same port and folder.
+    """
+
+    def __init__(self, tmp: Path, volatile: bool = False, extra: list[str] | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--dir", str(tmp)]
-        super().__init__(argv, tmp / "redis.out", dict(os.environ))
+        self.volatile = volatile
+        persistence = ["--save", "", "--appendonly", "no"] if volatile else ["--appendonly", "yes", "--appendfsync", "everysec"]
+        argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), *persistence, "--dir", str(tmp),
+                "--appenddirname", f"aof-{self.port}", "--dbfilename", f"dump-{self.port}.rdb", *(extra or [])]
+        super().__init__(argv, tmp / f"redis-{self.port}.out", dict(os.environ))
 
     def start(self) -> "RedisServer":
         import redis

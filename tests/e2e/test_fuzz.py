@@ -85,7 +85,9 @@ schemathesis.openapi.media_type("image/*", image_files())
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    env = {"SERVE_MODEL_REPOSITORY": str(REPO_ROOT / "models"), "WORKERS": "2", "THREADS": "4"}
+    # No job worker: jobs are accepted and wait queued (SERVE_JOB_WORKER_GRACE_S=0), not refused with 503.
+    env = {"SERVE_MODEL_REPOSITORY": str(REPO_ROOT / "models"), "WORKERS": "2", "THREADS": "4",
+           "SERVE_JOB_WORKER_GRACE_S": "0"}
     with GunicornServer(tmp, env=env) as server:
         yield server
 

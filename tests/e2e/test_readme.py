@@ -28,8 +28,10 @@ def try_it_blocks() -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    # The repository's own models, as `make serve` runs them.
-    with GunicornServer(tmp_path_factory.mktemp("readme"), env={"WORKERS": "2"}) as server:
+    # The repository's own models, as `make serve` runs them; no job worker, and
+    # jobs accepted all the same (SERVE_JOB_WORKER_GRACE_S=0): they wait queued.
+    env = {"WORKERS": "2", "SERVE_JOB_WORKER_GRACE_S": "0"}
+    with GunicornServer(tmp_path_factory.mktemp("readme"), env=env) as server:
         yield server
 
 

@@ -3,13 +3,19 @@ result storages on local disk and on a real S3-compatible server (moto)."""
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+
 import pytest
 
-from jobs.records import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, new_job_id, now
+from jobs.records import (
+    CANCELLED, FAILED, LOST, QUEUED, RUNNING, STATES, SUCCEEDED, Job, WorkerBeats, new_job_id, now,
+)
 from jobs.redis_store import RedisJobStore
 from jobs.results import LocalResults, S3Results
 from jobs.sqlite_store import SqliteJobStore
-from tests.e2e.server import RedisServer, S3Server
+from serving.errors import JobBackendVolatile
+from tests.e2e.server import RedisServer, S3Server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +192,171 @@ def test_the_sweep_requeues_lost_jobs_and_purges_expired_ones(tmp_path):
     store._conn.execute("update jobs set heartbeat_at = heartbeat_at - 5 where id = ?", (lost,))
     store._conn.execute("update jobs set finished_at = finished_at - 5 where id = ?", (expired,))
 
-    requeued, failed, purged = Maintenance(settings, backends).sweep()
-    assert (requeued, failed, purged) == ([lost], [], [expired])
+    requeued, failed, purged, lost_deleted = Maintenance(settings, backends).sweep()
+    assert (requeued, failed, purged, lost_deleted) == ([lost], [], [expired], [])
     assert store.get(lost).status == QUEUED and store.get(kept).status == RUNNING
     assert store.get(expired) is None and not results.has_result(expired)
     # The lost job is back on huey's SQLite queue, for any worker to take.
     assert backends.queue.huey.pending_count() == 1
     assert backends.queue.huey.pending()[0].args == (lost,)
+
+
+def test_counts_by_status_follow_every_transition(store):
+    """The counts equal the statuses of the records, after each kind of change
+    (the Redis store keeps counters in its scripts, SQLite counts rows)."""
+    made = [store.create(job(key=f"k{i}" if i % 2 else None), ["x"]).job.id for i in range(8)]
+    store.create(job(key="k1"), ["again"])  # an idempotent replay makes no job
+
+    def expected() -> dict[str, int]:
+        statuses = Counter(record.status for record in map(store.get, made) if record is not None)
+        return {**dict.fromkeys(STATES, 0), **statuses}
+
+    def counted() -> dict[str, int]:
+        counts = store.counts()
+        assert set(counts) == set(STATES) | {LOST}
+        return {state: counts[state] for state in STATES}
+
+    assert counted() == expected() == {**dict.fromkeys(STATES, 0), QUEUED: 8}
+    for job_id in made[:6]:
+        store.claim(job_id)
+    store.claim(made[0])  # not queued any more: no change
+    assert counted() == expected()
+    store.finish(made[0], 1, SUCCEEDED)
+    store.finish(made[1], 1, FAILED, "boom", "it broke")
+    store.finish(made[1], 1, SUCCEEDED)  # finished stays finished
+    store.cancel(made[2])  # running -> cancelled
+    store.cancel(made[6])  # queued -> cancelled
+    store.cancel(made[0])  # succeeded: unchanged
+    store.release(made[3], 1)
+    assert counted() == expected()
+    store.requeue_stale(now() + 1, max_attempts=1)  # made[4], made[5]: failed (1 attempt used)
+    assert counted() == expected()
+    store.claim(made[3])
+    store.requeue_stale(now() + 1, max_attempts=5)  # made[3]: queued again
+    store.discard(made[7])
+    store.discard(new_job_id())  # unknown: no change
+    assert counted() == expected()
+    store.purge(now() + 1)
+    assert counted() == expected()
+    assert counted() == {**dict.fromkeys(STATES, 0), QUEUED: 1}  # made[3]: every finished job was purged
+    assert store.counts()[LOST] == 0
+    store.set_lost(3)
+    assert store.counts()[LOST] == 3
+
+
+def test_known_tells_which_ids_have_a_record(store):
+    kept = store.create(job(), ["x"]).job.id
+    gone = store.create(job(), ["x"]).job.id
+    store.discard(gone)
+    assert store.known([kept, gone, new_job_id()]) == {kept}
+    assert store.known([]) == set()
+
+
+def test_worker_heartbeats_are_counted_by_age_and_a_stop_is_the_last_one(store):
+    assert store.workers(now() - 60) == WorkerBeats(alive=0, last=None)
+    before = now()
+    store.beat("host:1:a")
+    store.beat("host:2:b")
+    store.beat("host:2:b")  # a second beat of the same worker is still one worker
+    seen = store.workers(before - 1)
+    assert seen.alive == 2 and before <= seen.last <= now()
+    assert store.workers(now() + 1) == WorkerBeats(alive=0, last=seen.last)  # too old to be alive, still seen
+    store.leave("host:1:a")
+    assert store.workers(before - 1).alive == 1
+    store.leave("host:2:b")
+    stopped = store.workers(before - 1)
+    assert stopped.alive == 0 and seen.last <= stopped.last <= now()  # the stop counts as the last sign of life
+    store.beat("host:1:a")  # the same worker back
+    assert store.workers(before - 1).alive == 1
+
+
+def test_a_redis_without_persistence_is_refused_unless_allowed(tmp_path, redis_server, caplog, monkeypatch):
+    from jobs import redis_store
+
+    RedisJobStore(redis_server.url).check_durable()  # AOF on: accepted
+    with RedisServer(tmp_path, volatile=True) as volatile:
+        with pytest.raises(JobBackendVolatile) as refused:
+            RedisJobStore(volatile.url).check_durable()
+        message = refused.value.message
+        assert f"127.0.0.1:{volatile.port}/0" in message and "appendonly yes" in message
+        assert "SERVE_JOBS_ALLOW_VOLATILE=true" in message and "\n" not in message
+        with caplog.at_level("WARNING", logger="jobs.redis_store"):
+            RedisJobStore(volatile.url, allow_volatile=True).check_durable()
+        assert "accepted because SERVE_JOBS_ALLOW_VOLATILE=true" in caplog.text
+        # A refusal is asked again (here at once): a server given AOF since is accepted.
+        monkeypatch.setattr(redis_store, "RECHECK_REFUSAL_S", 0.0)
+        store = RedisJobStore(volatile.url)
+        with pytest.raises(JobBackendVolatile):
+            store.check_durable()
+        store.redis.config_set("appendonly", "yes")
+        store.check_durable()
+        # Redis refuses a SIGTERM while it writes its first AOF: let it finish.
+        wait_for(lambda: not store.redis.info("persistence")["aof_rewrite_in_progress"], 30, "the first AOF")
+    caplog.clear()
+    with RedisServer(tmp_path, volatile=True, extra=["--rename-command", "CONFIG", ""]) as managed:
+        with caplog.at_level("WARNING", logger="jobs.redis_store"):
+            RedisJobStore(managed.url).check_durable()  # cannot tell: trusted, with a warning
+        assert f"cannot ask Redis at 127.0.0.1:{managed.port}/0" in caplog.text
+
+
+def test_a_job_trace_is_its_marker_or_whatever_is_stored(results):
+    job_id = new_job_id()
+    assert results.trace(job_id) is None and job_id not in dict(results.jobs())
+    results.write_marker(job_id, {"id": job_id, "model": "sentiment", "total": 3})
+    assert results.trace(job_id) == {"id": job_id, "model": "sentiment", "total": 3}
+    older = new_job_id()
+    results.write_part(older, 0, b'{"index":0}\n')  # a job with parts and no marker
+    assert results.trace(older) == {}
+    written = dict(results.jobs())
+    assert {job_id, older} <= set(written) and all(now() - 60 < t <= now() + 1 for t in written.values())
+    results.write_part(job_id, 0, b'{"index":0}\n')
+    results.finalize(job_id, 1)
+    assert results.trace(job_id)["model"] == "sentiment"  # the marker stays beside the result
+    results.delete(job_id)
+    results.delete(older)
+    assert results.trace(job_id) is None and results.trace(older) is None
+    assert not {job_id, older} & set(dict(results.jobs()))
+
+
+def test_the_sweep_deletes_what_is_left_of_lost_jobs_once_old_enough(tmp_path):
+    import os
+
+    from jobs.backends import build_backends
+    from jobs.maintenance import Maintenance
+    from serving.settings import Settings
+
+    settings = Settings(_env_file=None, jobs_dir=tmp_path / "jobs", job_orphan_age_s=60)
+    backends = build_backends(settings)
+    store, results = backends.store, backends.results
+    kept, fresh, old = (store.create(job(), ["x"]).job.id for _ in range(3))
+    for job_id in (kept, fresh, old):
+        results.write_marker(job_id, {"id": job_id})
+        results.write_part(job_id, 0, b'{"index":0}\n')
+    store.discard(fresh)  # the backend lost two records
+    store.discard(old)
+    # Backdate: nothing was written to the old one for two minutes.
+    two_minutes_ago = now() - 120
+    for path in (results.folder(old), results.folder(old) / "parts"):
+        os.utime(path, (two_minutes_ago, two_minutes_ago))
+
+    outcome = Maintenance(settings, backends).sweep()
+    assert outcome.lost == [old]
+    assert results.trace(old) is None
+    assert results.trace(fresh) == {"id": fresh} and results.parts(fresh) == {0}
+    assert results.parts(kept) == {0}
+    assert store.counts()[LOST] == 1  # fresh: lost, kept until it is old enough
+
+
+def test_a_worker_beats_from_a_thread_while_its_models_load_and_stops_cleanly(store):
+    from jobs.presence import Presence
+
+    presence = Presence(store, interval=0.05)
+    with presence.beating():  # the block stands for the models' loading
+        first = wait_for(lambda: store.workers(now() - 60).last, 10, "a first heartbeat")
+        wait_for(lambda: store.workers(now() - 60).last > first, 10, "a second heartbeat from the thread")
+        assert store.workers(now() - 60).alive == 1
+    assert not [t for t in threading.enumerate() if t.name == "job-worker-heartbeat"]  # joined before any fork
+    presence.beat()  # then the consumer's main loop beats
+    assert store.workers(now() - 60).alive == 1
+    presence.leave()
+    assert store.workers(now() - 60).alive == 0
