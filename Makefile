@@ -18,7 +18,7 @@ ENSEMBLE := models/sentiment-ensemble/metrics.json
 NODE_STAMP := postman/node_modules/.installed
 COLLECTION := var/postman/serve-http.postman_collection.json
 
-.PHONY: install models serve worker test test-fast browser redis postman bench bench-jobs openapi settings-table clean
+.PHONY: install models serve worker test test-fast browser redis systemd postman bench bench-jobs openapi settings-table clean
 
 # The runtime requirements: what `make serve` needs.
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -79,7 +79,11 @@ browser:
 redis:
 	command -v redis-server >/dev/null || scripts/apt-install.sh redis-server
 
-test: $(DEV_STAMP) models browser redis postman
+# tests/test_deploy.py checks deploy/*.service with systemd-analyze verify.
+systemd:
+	command -v systemd-analyze >/dev/null || scripts/apt-install.sh systemd
+
+test: $(DEV_STAMP) models browser redis systemd postman
 	$(BIN)/python -m pytest
 
 # openapi-to-postmanv2 and newman, pinned in postman/package-lock.json; node and npm from Debian.
@@ -107,6 +111,13 @@ bench: $(DEV_STAMP) models
 # Background jobs vs the synchronous endpoint, on both backends; a few minutes.
 bench-jobs: $(DEV_STAMP) models redis
 	$(BIN)/python bench/jobs.py
+
+# Soak: 10 minutes of mixed traffic on Gunicorn (5 workers, recycling on) and a
+# job worker; prints PSS, errors and p99 drift (README: Benchmark). Shorter:
+# make soak SOAK_ARGS="--minutes 2".
+.PHONY: soak
+soak: $(DEV_STAMP) $(SENTIMENT)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 # Each model's operation comes from its loaded task, so the models come first.
 openapi: models

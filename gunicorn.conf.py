@@ -31,7 +31,8 @@ control.prepare(_settings.control_path())
 
 from serving import logs  # noqa: E402 - after the metrics folder is set
 from serving.threads import set_compute_threads  # noqa: E402
-from serving.worker import SheddingThreadWorker  # noqa: E402
+from serving.reading import ReadLimits  # noqa: E402
+from serving.worker import SheddingThreadWorker, raise_open_files  # noqa: E402
 
 wsgi_app = "serve_http:app"
 bind = f"{_settings.host}:{_settings.port}"
@@ -41,6 +42,18 @@ threads = _settings.threads
 SheddingThreadWorker.backlog = _settings.worker_backlog
 SheddingThreadWorker.accept_delay = _settings.worker_accept_delay_ms / 1000
 SheddingThreadWorker.max_wait = _settings.worker_max_wait_ms / 1000
+SheddingThreadWorker.read_limits = ReadLimits(
+    header_timeout=_settings.header_timeout_s,
+    body_timeout=_settings.body_timeout_s,
+    max_body=_settings.max_body_bytes,
+    max_request_line=8190,
+    max_fields=100,
+    max_field_size=8190,
+)
+worker_connections = _settings.worker_connections
+# Each connection is a file descriptor: a soft limit of 1,024 (common) would
+# stop a worker short of its bound, so it is raised to what the bound needs.
+raise_open_files(worker_connections + 256)
 worker_class = "serving.worker.SheddingThreadWorker" if _settings.worker_class == "gthread" else _settings.worker_class
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
@@ -52,10 +65,11 @@ errorlog = "-"
 preload_app = True
 max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter
-# The request line and headers are client input: keep Gunicorn's own bounds.
-limit_request_line = 8190
-limit_request_fields = 100
-limit_request_field_size = 8190
+# The request line and headers are client input: keep Gunicorn's own bounds
+# (the worker's event loop applies the same while it reads a request).
+limit_request_line = SheddingThreadWorker.read_limits.max_request_line
+limit_request_fields = SheddingThreadWorker.read_limits.max_fields
+limit_request_field_size = SheddingThreadWorker.read_limits.max_field_size
 
 # One formatter for the app's loggers and Gunicorn's error and access logs;
 # libraries' warnings and progress output become log records too, before the

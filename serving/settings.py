@@ -192,6 +192,17 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A running job silent this long is taken back (its worker died) and retried."
     )
     job_max_attempts: int = Field(3, gt=0, description="Runs a job gets before a lost worker marks it failed.")
+    job_worker_grace_s: float = Field(
+        30.0, ge=0, description="POST /v1/jobs answers 503 no_job_worker once no job worker heartbeat was seen this long "
+        "(counted from the web start until a first one); 0 never refuses."
+    )
+    job_orphan_age_s: float = Field(
+        3600.0, gt=0, description="A job whose record the backend lost (410 job_lost) keeps its saved results this long "
+        "after their last write; then the job sweep deletes them."
+    )
+    jobs_allow_volatile: bool = Field(
+        False, description="Accept a Redis that keeps nothing on disk (no AOF, no RDB save): a Redis restart then loses every job."
+    )
     schedule_job_sweep: str = Field(
         "rate 2s", description="When the job worker takes back lost jobs and drops expired ones: rate <n>s, delay <n>s, cron <fields> or off."
     )
@@ -235,6 +246,21 @@ class Settings(BaseSettings):
         "GRACEFUL_TIMEOUT", 30, "Seconds in-flight requests get to finish on shutdown.", gt=0
     )
     keepalive: int = _process_knob("KEEPALIVE", 5, "Seconds an idle keep-alive connection is held.", ge=0)
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection gets to send a request line and headers (from its accept, or its next request's first byte); 408 and close after.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a request gets to send its body once its headers are in; 408 and close after.",
+    )
+    worker_connections: int = Field(
+        1000,
+        gt=0,
+        description="Connections one gthread worker holds (reading, waiting, kept alive); past it a new one gets 503 and is closed.",
+    )
     log_level: str = _process_knob("LOG_LEVEL", "info", "Log level: debug, info, warning, error.")
     access_log: str = _process_knob(
         "ACCESS_LOG", "-", "Access log target: - for stdout, a file path, or empty to disable."
