@@ -1,11 +1,13 @@
-"""A request read whole by the worker's event loop before a thread takes it.
+"""A request read whole, without waiting, before a thread serves it.
 
 Gunicorn's gthread worker hands a connection to a pool thread as soon as it
 is readable, and the thread then reads the request line, headers and body
 with blocking calls: a client that sends a few bytes and stalls holds a
 thread for as long as it likes, and ``THREADS`` such clients stop the worker.
-So ``serving/worker.py`` reads each request on its main loop first, without
-blocking, into a :class:`PendingRequest`, as a buffering proxy (nginx) would:
+So ``serving/worker.py`` reads each request into a :class:`PendingRequest`
+without blocking: a thread reads what the socket holds when the request
+begins (most requests come whole in one read), the worker's event loop reads
+the rest of one that does not, as a buffering proxy (nginx) would:
 
 - the request line and headers must arrive within ``SERVE_HEADER_TIMEOUT_S``
   (from the connection's accept, or from the first byte of a kept-alive
@@ -41,7 +43,7 @@ from serving.logs import request_id_for
 
 #: Body bytes held in memory per request; the rest goes to a temporary file.
 SPOOL_IN_MEMORY = 1024 * 1024
-#: Bytes a connection asks of the socket per read on the event loop.
+#: Bytes asked of the socket per read while a request is read.
 READ_SIZE = 64 * 1024
 
 _REASONS = {
@@ -218,7 +220,7 @@ class PendingRequest:
 class SpoolUnreader(SocketUnreader):
     """Gunicorn's socket reader, reading a :class:`PendingRequest`'s bytes first.
 
-    The event loop has read the whole request, so the socket is needed only
+    The whole request has been read already, so the socket is needed only
     when Gunicorn asks for more than that (it never should); then it waits at
     most ``timeout`` seconds instead of holding the thread."""
 

@@ -25,9 +25,10 @@ every connection still waiting (no other worker had room), and the next one
 that comes while it is busy starts another pause. New connections are delayed
 only when every worker is busy, and by one pause at most.
 
-And it reads every request whole on its event loop before a thread takes
-it (``serving/reading.py``): a slow sender, a stalled one or an idle
-keep-alive connection holds no thread; the request line and headers must come
+And it serves a request only once it is whole (``serving/reading.py``): a
+thread reads what a request sends at once and never waits for more; the
+event loop reads the rest of one that does not come whole. A slow sender, a
+stalled one or an idle keep-alive connection holds no thread; the request line and headers must come
 within ``SERVE_HEADER_TIMEOUT_S``, the body within ``SERVE_BODY_TIMEOUT_S``, else
 ``408`` and close. A worker holds at most ``SERVE_WORKER_CONNECTIONS``
 connections: past that a new one is answered ``503`` and closed. A connection
