@@ -245,12 +245,9 @@ class SheddingThreadWorker(gthread.ThreadWorker):
             self._begin(conn, time.monotonic())
             self.enqueue_req(conn)
             return
-        try:
-            data = conn.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away
             self._unwatch(conn)
             self._drop(conn)
@@ -289,12 +286,9 @@ class SheddingThreadWorker(gthread.ThreadWorker):
         """In a thread: read what the socket holds now, never waiting for more.
         ``None`` once the request is whole; else what the event loop does next."""
         while True:
-            try:
-                data = conn.sock.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
+            data = _receive(conn)
+            if data is None:
                 return _UNFINISHED
-            except OSError:
-                return False
             if not data:
                 return False
             refusal = self._feed(conn, data)
@@ -361,12 +355,9 @@ class SheddingThreadWorker(gthread.ThreadWorker):
         self._lingering[conn] = time.monotonic() + _LINGER_S
 
     def _on_lingering(self, conn, _sock) -> None:
-        try:
-            data = conn.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         conn.drained += len(data)
         if not data or conn.drained > _LINGER_BYTES:
             self._end_linger(conn)
@@ -515,7 +506,7 @@ class SheddingThreadWorker(gthread.ThreadWorker):
                 if not chunk:
                     break
                 drained += len(chunk)
-            conn.sock.sendall(self._answer(request, details))
+            conn.sock.sendall(_busy(details, _incoming_id(request)))
             metrics.REJECTED.labels(BACKLOG_ROUTE, "overloaded").inc()
             metrics.REQUESTS.labels(BACKLOG_ROUTE, request.method, "5xx").inc()
         except Exception:  # noqa: BLE001 - a client that vanished; nothing to answer
@@ -526,28 +517,15 @@ class SheddingThreadWorker(gthread.ThreadWorker):
         """503 for a request the event loop reads: what has come is read (its
         id), never waited for; the rest is dropped by the closing linger."""
         pending = conn.pending
+        if not pending.complete:
+            pending.feed(_receive(conn) or b"")
         try:
-            if not pending.complete:
-                pending.feed(conn.sock.recv(READ_SIZE))
-        except OSError:
-            pass
-        try:
-            conn.sock.send(error_answer(
-                503, Overloaded.code, "the server is busy; try again shortly", details, pending.request_id,
-                extra_headers=(("Retry-After", "1"),),
-            ))
+            conn.sock.send(_busy(details, pending.request_id))
             metrics.REJECTED.labels(BACKLOG_ROUTE, "overloaded").inc()
             metrics.REQUESTS.labels(BACKLOG_ROUTE, pending.method, "5xx").inc()
         except OSError:
             self.log.debug("could not answer a shed request", exc_info=True)
         return False
-
-    def _answer(self, request, details: dict) -> bytes:
-        incoming = next((value for name, value in request.headers if name == "X-REQUEST-ID"), "")
-        return error_answer(
-            503, Overloaded.code, "the server is busy; try again shortly", details, incoming,
-            extra_headers=(("Retry-After", "1"),),
-        )
 
     def handle_error(self, req, client, addr, exc) -> None:
         """Gunicorn's answer to a request its parser refused (or to a failure
@@ -559,17 +537,38 @@ class SheddingThreadWorker(gthread.ThreadWorker):
         else:
             self.log.exception("Error handling request %s", getattr(req, "uri", "(no URI read)"))
             message = "internal server error"
-        incoming = next((v for n, v in getattr(req, "headers", None) or () if n == "X-REQUEST-ID"), "")
         self._count(Refusal(status, code, message), getattr(req, "method", None) or "-")
         try:
             client.settimeout(1.0)
-            client.sendall(error_answer(status, code, message, None, incoming))
+            client.sendall(error_answer(status, code, message, None, _incoming_id(req)))
         except OSError:
             self.log.debug("could not send the error answer")
 
     def handle_quit(self, sig, frame) -> None:
         self._rejecter.shutdown(wait=False)
         super().handle_quit(sig, frame)
+
+
+def _receive(conn) -> bytes | None:
+    """What a non-blocking socket holds now: ``None`` when nothing yet, ``b""``
+    when the client has gone (an error counts as gone)."""
+    try:
+        return conn.sock.recv(READ_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
+def _incoming_id(request) -> str:
+    """The client's ``X-Request-ID`` of a request Gunicorn parsed (``""`` when none, or none parsed)."""
+    return next((value for name, value in getattr(request, "headers", None) or () if name == "X-REQUEST-ID"), "")
+
+
+def _busy(details: dict, incoming_id: str) -> bytes:
+    """The backlog's 503: the service's JSON error body, ``Retry-After: 1``, then the connection closes."""
+    return error_answer(503, Overloaded.code, "the server is busy; try again shortly", details, incoming_id,
+                        extra_headers=(("Retry-After", "1"),))
 
 
 def raise_open_files(needed: int) -> int:
