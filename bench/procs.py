@@ -218,10 +218,15 @@ class ServerSet:
 
 def pss_mb(pids: list[int]) -> float:
     """Sum of proportional set sizes: shared pages count once across the processes."""
+    return smaps_mb(pids, ("Pss:",))
+
+
+def smaps_mb(pids: list[int], fields: tuple[str, ...]) -> float:
+    """MiB the processes' ``smaps_rollup`` gives for ``fields``, summed."""
     total_kb = 0
     for pid in pids:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+            if line.startswith(fields):
                 total_kb += int(line.split()[1])
     return total_kb / 1024
 

@@ -52,12 +52,7 @@ def latencies(url: str, count: int = 200) -> tuple[float, float]:
 def private_mb(pids: list[int]) -> float:
     """Memory only these processes hold (private pages): unlike PSS, it does not
     move when other processes on the box share or stop sharing library pages."""
-    total_kb = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                total_kb += int(line.split()[1])
-    return total_kb / 1024
+    return procs.smaps_mb(pids, ("Private_Clean:", "Private_Dirty:"))
 
 
 def stall(port: int, count: int) -> list[socket.socket]:
