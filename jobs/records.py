@@ -38,6 +38,13 @@ class Job:
     presumed dead and is not cannot overwrite its successor's progress.
     ``computed`` counts the inputs that went through the model over all
     attempts: ``total`` when nothing was recomputed after a retry.
+    ``steps_done`` of ``steps_total`` counts the steps of a model whose
+    inputs take many (a diffusion pipeline's denoising steps; 0 of 0 for
+    others), saved while an input is computed. ``number`` is the job's place
+    in the order of submission (1, 2, ...), never reused: the small id of
+    routes that show one (``/generated-images/{id}``). ``summary`` keeps what
+    such a route shows of the request after the inputs are dropped (a
+    finished job's are): None for other jobs.
     """
 
     id: str
@@ -57,6 +64,10 @@ class Job:
     error_message: str | None = None
     idempotency_key: str | None = None
     body_digest: str = ""
+    steps_total: int = 0
+    steps_done: int = 0
+    number: int = 0
+    summary: dict[str, Any] | None = None
 
     @property
     def batches(self) -> int:
@@ -104,13 +115,17 @@ class JobStore(Protocol):
 
     def get(self, job_id: str) -> Job | None: ...
 
+    def by_number(self, number: int) -> str | None:
+        """The id of the job with that ``number``, or None."""
+
     def inputs(self, job_id: str) -> list[Any]: ...
 
     def claim(self, job_id: str) -> int | None:
         """queued -> running; the new attempt number, or None if the job is not queued."""
 
-    def progress(self, job_id: str, attempt: int, done: int, computed: int) -> bool:
-        """Save progress (and a heartbeat) while ``attempt`` still owns the running job."""
+    def progress(self, job_id: str, attempt: int, done: int, computed: int, steps: int = 0) -> bool:
+        """Save progress (inputs done, ``computed`` more inputs computed, steps
+        done) and a heartbeat, while ``attempt`` still owns the running job."""
 
     def heartbeat(self, job_id: str, attempt: int) -> bool: ...
 

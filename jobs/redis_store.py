@@ -32,20 +32,26 @@ log = logging.getLogger("jobs.redis_store")
 # accepted without restarting the processes that refused it.
 RECHECK_REFUSAL_S = 5.0
 
-_INT = ("total", "batch_size", "done", "computed", "attempt")
+_INT = ("total", "batch_size", "done", "computed", "attempt", "steps_total", "steps_done", "number")
+_JSON = ("parameters", "summary")
 _FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at")
 
-# KEYS: job hash, inputs, idempotency key (or ""), counts; ARGV: job id, inputs JSON, then field/value pairs.
+# KEYS: job hash, inputs, idempotency key (or ""), counts, number counter, number prefix;
+# ARGV: job id, inputs JSON, then field/value pairs. Returns the earlier job's id
+# (a replayed idempotency key) or the new job's number.
 _CREATE = """
 if KEYS[3] ~= '' then
   local existing = redis.call('GET', KEYS[3])
   if existing then return existing end
   redis.call('SET', KEYS[3], ARGV[1])
 end
+local number = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'number', number)
+redis.call('SET', KEYS[6] .. number, ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
-return false
+return number
 """
 
 # KEYS: job hash, running set, counts; ARGV: id, now.
@@ -67,7 +73,7 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS
 end
 local action = ARGV[3]
 if action == 'progress' then
-  redis.call('HSET', KEYS[1], 'done', ARGV[5], 'heartbeat_at', ARGV[4])
+  redis.call('HSET', KEYS[1], 'done', ARGV[5], 'steps_done', ARGV[7], 'heartbeat_at', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'computed', ARGV[6])
 elseif action == 'heartbeat' then
   redis.call('HSET', KEYS[1], 'heartbeat_at', ARGV[4])
@@ -124,12 +130,14 @@ redis.call('HINCRBY', KEYS[4], 'queued', 1)
 return 'requeued'
 """
 
-# KEYS: job hash, inputs, running set, finished zset, counts; ARGV: id, idempotency key prefix.
+# KEYS: job hash, inputs, running set, finished zset, counts; ARGV: id, idempotency key prefix, number prefix.
 _DISCARD = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 local key = redis.call('HGET', KEYS[1], 'idempotency_key')
 if key and key ~= '' then redis.call('DEL', ARGV[2] .. key) end
+local number = redis.call('HGET', KEYS[1], 'number')
+if number then redis.call('DEL', ARGV[3] .. number) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -182,7 +190,7 @@ class RedisJobStore:
     def _encode(job: Job) -> list[str]:
         flat: list[str] = []
         for name, value in job.as_dict().items():
-            if name == "parameters":
+            if name in _JSON and value is not None:
                 value = json.dumps(value)
             flat += [name, "" if value is None else str(value)]
         return flat
@@ -191,8 +199,8 @@ class RedisJobStore:
     def _decode(values: dict[str, str]) -> Job:
         record: dict[str, Any] = {}
         for name, value in values.items():
-            if name == "parameters":
-                record[name] = json.loads(value)
+            if name in _JSON:
+                record[name] = json.loads(value) if value != "" else None
             elif name in _INT:
                 record[name] = int(value)
             elif name in _FLOAT:
@@ -201,20 +209,29 @@ class RedisJobStore:
                 record[name] = value if value != "" or name == "body_digest" else None
         return Job(**record)
 
+    @property
+    def _numbers(self) -> str:
+        return f"{self.ns}:number:"
+
     def create(self, job: Job, inputs: Sequence[Any]) -> Created:
-        existing = self._create(
-            keys=[self._key(job.id), self._key(job.id) + ":inputs", self._idempotency(job.idempotency_key), self._counts],
+        outcome = self._create(
+            keys=[self._key(job.id), self._key(job.id) + ":inputs", self._idempotency(job.idempotency_key), self._counts,
+                  f"{self.ns}:numbers", self._numbers],
             args=[job.id, json.dumps(list(inputs)), *self._encode(job)],
         )
-        if existing:
-            previous = self.get(existing)
+        if isinstance(outcome, str):
+            previous = self.get(outcome)
             if previous is not None:
                 return Created(previous, created=False)
+        job.number = int(outcome)
         return Created(job, created=True)
 
     def get(self, job_id: str) -> Job | None:
         values = self.redis.hgetall(self._key(job_id))
         return self._decode(values) if values else None
+
+    def by_number(self, number: int) -> str | None:
+        return self.redis.get(f"{self._numbers}{number}")
 
     def inputs(self, job_id: str) -> list[Any]:
         data = self.redis.get(self._key(job_id) + ":inputs")
@@ -229,8 +246,8 @@ class RedisJobStore:
         args = [job_id, attempt, action, repr(now()), *("" if v is None else v for v in values)]
         return bool(self._owned(keys=keys, args=args))
 
-    def progress(self, job_id: str, attempt: int, done: int, computed: int) -> bool:
-        return self._owned_call(job_id, attempt, "progress", done, computed)
+    def progress(self, job_id: str, attempt: int, done: int, computed: int, steps: int = 0) -> bool:
+        return self._owned_call(job_id, attempt, "progress", done, computed, steps)
 
     def heartbeat(self, job_id: str, attempt: int) -> bool:
         return self._owned_call(job_id, attempt, "heartbeat")
@@ -264,7 +281,7 @@ class RedisJobStore:
     def discard(self, job_id: str) -> None:
         self._discard(
             keys=[self._key(job_id), self._key(job_id) + ":inputs", self._running, self._finished, self._counts],
-            args=[job_id, self._idempotency("")],
+            args=[job_id, self._idempotency(""), self._numbers],
         )
 
     def purge(self, finished_before: float) -> list[str]:

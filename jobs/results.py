@@ -5,6 +5,10 @@ Parts make a retry cheap: a worker that takes over a job skips every batch
 whose part exists. Every write is atomic (a part or the result is either whole
 or absent), so a worker killed mid-write leaves nothing half-written behind.
 
+A job whose results are files (a text-to-image job's PNGs) stores each one
+under ``files/`` beside them, before the part that names it; a job's files
+live as long as its results.
+
 Each job also has a small marker (``job.json``: id, model, total, created_at),
 written when it is submitted, right after its record: what the storage holds
 of a job whose record the job backend then lost is that job's trace, so that
@@ -15,6 +19,7 @@ job sweep can find and delete it (``jobs/maintenance.py``).
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import re
 import shutil
@@ -24,7 +29,17 @@ from typing import Any, Iterable, Iterator, Protocol
 
 _PART = re.compile(r"(\d{8})\.jsonl$")
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
+#: A job's file: its input's index and the task's suffix (``00000003.png``).
+FILE_NAME = re.compile(r"\d{8}\.[a-z0-9]{1,8}")
 MARKER = "job.json"
+
+
+def file_name(index: int, suffix: str) -> str:
+    return f"{index:08d}.{suffix}"
+
+
+def media_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _part_name(index: int) -> str:
@@ -35,6 +50,11 @@ class ResultStorage(Protocol):
     def write_part(self, job_id: str, index: int, data: bytes) -> None: ...
 
     def parts(self, job_id: str) -> set[int]: ...
+
+    def write_file(self, job_id: str, name: str, data: bytes) -> None:
+        """One of the job's files (``FILE_NAME``), written whole or not at all."""
+
+    def has_file(self, job_id: str, name: str) -> bool: ...
 
     def finalize(self, job_id: str, count: int) -> None:
         """Join parts 0..count-1 into the result, then drop the parts."""
@@ -88,6 +108,15 @@ class LocalResults:
         if not folder.is_dir():
             return set()
         return {int(m.group(1)) for p in folder.iterdir() if (m := _PART.match(p.name))}
+
+    def write_file(self, job_id: str, name: str, data: bytes) -> None:
+        self._atomic_write(self.file_path(job_id, name), [data])
+
+    def file_path(self, job_id: str, name: str) -> Path:
+        return self.folder(job_id) / "files" / name
+
+    def has_file(self, job_id: str, name: str) -> bool:
+        return self.file_path(job_id, name).is_file()
 
     def finalize(self, job_id: str, count: int) -> None:
         parts = self.folder(job_id) / "parts"
@@ -171,6 +200,20 @@ class S3Results:
     def write_part(self, job_id: str, index: int, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(job_id, "parts/" + _part_name(index)), Body=data)
 
+    def write_file(self, job_id: str, name: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(job_id, "files/" + name), Body=data,
+                               ContentType=media_type(name))
+
+    def has_file(self, job_id: str, name: str) -> bool:
+        return self._exists(self._key(job_id, "files/" + name))
+
+    def file_url(self, job_id: str, name: str) -> str:
+        """A pre-signed GET URL of one of the job's files, valid ``url_expiry_s`` seconds."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(job_id, "files/" + name)},
+            ExpiresIn=self.url_expiry_s,
+        )
+
     def _part_keys(self, job_id: str, folder: str = "parts/") -> list[str]:
         keys: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
@@ -203,10 +246,13 @@ class S3Results:
             )
 
     def has_result(self, job_id: str) -> bool:
+        return self._exists(self._key(job_id, "results.jsonl"))
+
+    def _exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(job_id, "results.jsonl"))
+            self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False

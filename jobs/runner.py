@@ -1,24 +1,55 @@
 """Runs one job in a worker process: claim it, skip the batches a previous
 attempt saved, run the rest through the model in batches, save each batch's
-results and the progress, and stop between batches when the job was cancelled
-or taken over."""
+results (and files) and the progress, and stop between batches when the job
+was cancelled or taken over. A model that reports steps (a diffusion
+pipeline) has its steps saved as progress while it runs, and is stopped
+between two steps the same way."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import orjson
 
-from jobs.records import CANCELLED, FAILED, SUCCEEDED, JobStore
+from adapters.progress import Stopped, reporting
 from jobs.inference import run_batch
-from jobs.results import ResultStorage
+from jobs.records import CANCELLED, FAILED, SUCCEEDED, Job, JobStore
+from jobs.results import ResultStorage, file_name
 from predict import Predictor
 from serving.errors import ServeError
 
 log = logging.getLogger("jobs.runner")
+
+#: Steps are saved at most this often (and at a call's last step): a fast
+#: pipeline's steps would otherwise cost a store write each.
+STEP_SAVE_S = 0.1
+
+
+class StepProgress:
+    """The reporter of one batch's calls: saves the job's steps done, and stops
+    the call (:class:`Stopped`) once the job is no longer this attempt's."""
+
+    def __init__(self, store: JobStore, job: Job, attempt: int, done: int, steps: int) -> None:
+        self.store, self.job, self.attempt, self.done = store, job, attempt, done
+        self.steps = steps  # of the inputs finished before this call's current one
+        self._last_step = 0
+        self._last_total = 0
+        self._saved_at = 0.0
+
+    def __call__(self, step: int, total: int) -> None:
+        if step < self._last_step:  # the next input of the batch began
+            self.steps += self._last_total
+        self._last_step, self._last_total = step, total
+        t = time.monotonic()
+        if step < total and t - self._saved_at < STEP_SAVE_S:
+            return
+        self._saved_at = t
+        if not self.store.progress(self.job.id, self.attempt, self.done, 0, self.steps + step):
+            raise Stopped
 
 
 class Heartbeat:
@@ -91,23 +122,51 @@ class JobRunner:
                 log.info("job %s: handed back to the queue on shutdown", job_id)
             raise
 
-    def _run_batches(self, job, attempt: int) -> bool:
+    def _run_batches(self, job: Job, attempt: int) -> bool:
         saved = self.results.parts(job.id)
-        done = sum(hi - lo for lo, hi in map(job.batch_range, saved))
-        if not self.store.progress(job.id, attempt, done, 0):
-            return False
         inputs = self.store.inputs(job.id)
         if len(inputs) != job.total:  # cancelled (and its inputs dropped) since the claim
+            return False
+        units = self._steps(job, inputs)
+        done = steps = 0
+        for lo, hi in map(job.batch_range, saved):
+            done, steps = done + hi - lo, steps + sum(units[lo:hi])
+        if not self.store.progress(job.id, attempt, done, 0, steps):
             return False
         for index in range(job.batches):
             if index in saved:
                 continue
             lo, hi = job.batch_range(index)
-            rows = run_batch(self.predictor, job.model, inputs[lo:hi], job.parameters)
+
+            def save(i: int, suffix: str, data: bytes, lo: int = lo) -> str:
+                name = file_name(lo + i, suffix)
+                self.results.write_file(job.id, name, data)
+                return name
+
+            try:
+                with reporting(StepProgress(self.store, job, attempt, done, steps)):
+                    rows = run_batch(self.predictor, job.model, inputs[lo:hi], job.parameters, save)
+            except Stopped:
+                log.info("job %s: cancelled or taken over during input %d/%d", job.id, done + 1, job.total)
+                return False
             data = b"".join(orjson.dumps({"index": lo + i, **row}) + b"\n" for i, row in enumerate(rows))
             self.results.write_part(job.id, index, data)
-            done += hi - lo
-            if not self.store.progress(job.id, attempt, done, hi - lo):
+            done, steps = done + hi - lo, steps + sum(units[lo:hi])
+            if not self.store.progress(job.id, attempt, done, hi - lo, steps):
                 log.info("job %s: cancelled or taken over at %d/%d", job.id, done, job.total)
                 return False
         return True
+
+    def _steps(self, job: Job, inputs: list[Any]) -> list[int]:
+        """Each input's steps (all 0 unless the model reports steps)."""
+        if not job.steps_total:
+            return [0] * len(inputs)
+        _, task = self.predictor.model(job.model)
+        params = task.parameters(job.parameters)
+        units = []
+        for item in inputs:
+            try:
+                units.append(task.steps(item, params, self.predictor.limits))
+            except ServeError:  # an unreadable input fails its own line, and takes no step
+                units.append(0)
+        return units

@@ -180,8 +180,11 @@ class JobService:
     # --- jobs ------------------------------------------------------------------
 
     def submit(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any],
-               idempotency_key: str | None = None) -> Created:
-        """A new queued job, or the earlier one made with the same idempotency key and body."""
+               idempotency_key: str | None = None, *, batch_size: int | None = None,
+               steps_total: int = 0, summary: dict[str, Any] | None = None) -> Created:
+        """A new queued job, or the earlier one made with the same idempotency key and body.
+        ``batch_size``: inputs per model call (default ``SERVE_JOB_BATCH_SIZE``);
+        ``steps_total``: the steps its progress counts (a diffusion model's)."""
         with backend_call("store"):
             self._check_durable()
             self._require_worker()
@@ -190,8 +193,10 @@ class JobService:
             id=new_job_id(),
             model=model,
             total=len(inputs),
-            batch_size=self.settings.job_batch_size,
+            batch_size=batch_size or self.settings.job_batch_size,
             parameters=parameters,
+            steps_total=steps_total,
+            summary=summary,
             idempotency_key=idempotency_key,
             body_digest=body_digest,
         )
@@ -236,6 +241,26 @@ class JobService:
         if job is None:
             self._missing(job_id)
         return job
+
+    def by_number(self, number: int) -> Job:
+        """The job of that submission ``number`` (404 if none)."""
+        with backend_call("store"):
+            self._check_durable()
+            job_id = self.store.by_number(number)
+        if job_id is None:
+            raise JobNotFound(f"no job number {number}")
+        return self.get(job_id)
+
+    def file(self, job: Job, name: str) -> ResultLocation | None:
+        """Where one of a job's files is (a local path or a pre-signed URL), or None while it is not written."""
+        results = self.backends.results
+        with backend_call("result storage"):
+            if not results.has_file(job.id, name):
+                return None
+            if isinstance(results, S3Results):
+                return ResultLocation(url=results.file_url(job.id, name))
+        assert isinstance(results, LocalResults)
+        return ResultLocation(path=results.file_path(job.id, name))
 
     def cancel(self, job_id: str) -> Job:
         with backend_call("store"):

@@ -32,7 +32,11 @@ create table if not exists jobs (
     error_code text,
     error_message text,
     idempotency_key text unique,
-    body_digest text not null default ''
+    body_digest text not null default '',
+    steps_total integer not null default 0,
+    steps_done integer not null default 0,
+    number integer not null default 0,
+    summary text
 );
 create index if not exists jobs_status on jobs (status, heartbeat_at);
 create index if not exists jobs_finished on jobs (finished_at);
@@ -54,8 +58,15 @@ create table if not exists job_stats (
 _COLUMNS = (
     "id", "model", "total", "batch_size", "parameters", "status", "done", "computed", "attempt",
     "created_at", "started_at", "finished_at", "heartbeat_at", "error_code", "error_message",
-    "idempotency_key", "body_digest",
+    "idempotency_key", "body_digest", "steps_total", "steps_done", "number", "summary",
 )
+# Columns added since the first release: a jobs.db made before gets them on open.
+_ADDED = {
+    "steps_total": "integer not null default 0",
+    "steps_done": "integer not null default 0",
+    "number": "integer not null default 0",
+    "summary": "text",
+}
 
 
 _INHERITED: list[sqlite3.Connection] = []
@@ -84,6 +95,14 @@ class SqliteJobStore:
             conn.execute("pragma synchronous=normal")
             conn.execute("pragma foreign_keys=on")
             conn.executescript(_SCHEMA)
+            present = {row["name"] for row in conn.execute("pragma table_info(jobs)")}
+            for name, kind in _ADDED.items():
+                if name not in present:
+                    try:
+                        conn.execute(f"alter table jobs add column {name} {kind}")
+                    except sqlite3.OperationalError:  # another process added it meanwhile
+                        pass
+            conn.execute("create index if not exists jobs_number on jobs (number)")
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -104,11 +123,13 @@ class SqliteJobStore:
             return None
         values = dict(row)
         values["parameters"] = json.loads(values["parameters"])
+        values["summary"] = json.loads(values["summary"]) if values["summary"] else None
         return Job(**values)
 
     def create(self, job: Job, inputs: Sequence[Any]) -> Created:
         record = job.as_dict()
         record["parameters"] = json.dumps(job.parameters)
+        record["summary"] = json.dumps(job.summary) if job.summary is not None else None
         with self._write() as conn:
             if job.idempotency_key is not None:
                 row = conn.execute(
@@ -116,6 +137,11 @@ class SqliteJobStore:
                 ).fetchone()
                 if row is not None:
                     return Created(self._job(row), created=False)
+            (job.number,) = conn.execute(
+                "insert into job_stats (name, value) values ('numbers', 1)"
+                " on conflict (name) do update set value = value + 1 returning value"
+            ).fetchone()
+            record["number"] = job.number
             conn.execute(
                 f"insert into jobs ({', '.join(_COLUMNS)}) values ({', '.join('?' for _ in _COLUMNS)})",
                 [record[name] for name in _COLUMNS],
@@ -128,6 +154,10 @@ class SqliteJobStore:
 
     def get(self, job_id: str) -> Job | None:
         return self._job(self._conn.execute("select * from jobs where id = ?", (job_id,)).fetchone())
+
+    def by_number(self, number: int) -> str | None:
+        row = self._conn.execute("select id from jobs where number = ?", (number,)).fetchone()
+        return row["id"] if row else None
 
     def inputs(self, job_id: str) -> list[Any]:
         row = self._conn.execute("select data from job_inputs where job_id = ?", (job_id,)).fetchone()
@@ -151,9 +181,10 @@ class SqliteJobStore:
             )
         return cursor.rowcount == 1
 
-    def progress(self, job_id: str, attempt: int, done: int, computed: int) -> bool:
+    def progress(self, job_id: str, attempt: int, done: int, computed: int, steps: int = 0) -> bool:
         return self._owned_update(
-            job_id, attempt, "done = ?, computed = computed + ?, heartbeat_at = ?", (done, computed, now())
+            job_id, attempt, "done = ?, computed = computed + ?, steps_done = ?, heartbeat_at = ?",
+            (done, computed, steps, now()),
         )
 
     def heartbeat(self, job_id: str, attempt: int) -> bool:

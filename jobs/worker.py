@@ -99,7 +99,7 @@ def scheduled_actions(settings: Settings, backends, registry: ModelRegistry, pre
 
 
 def build_consumer(settings: Settings, presence: Presence) -> JobConsumer:
-    registry = ModelRegistry(settings.model_repository, settings.models)
+    registry = ModelRegistry(settings.model_repository, settings.models, runs_jobs=True)
     registry.load_all()
     backends = build_backends(settings)
     # A job is one big batch already: the model is called directly, and the

@@ -360,3 +360,74 @@ def test_a_worker_beats_from_a_thread_while_its_models_load_and_stops_cleanly(st
     assert store.workers(now() - 60).alive == 1
     presence.leave()
     assert store.workers(now() - 60).alive == 0
+
+
+def test_jobs_are_numbered_in_order_and_found_by_number(store):
+    first = store.create(job(), ["a"]).job
+    second = store.create(job(), ["b"]).job
+    replay_key = store.create(job(key="again"), ["c"]).job
+    assert store.create(job(key="again"), ["c"]).job.number == replay_key.number  # a replay is not a new number
+    assert first.number >= 1 and second.number == first.number + 1 and replay_key.number == second.number + 1
+    assert store.get(second.id).number == second.number
+    assert store.by_number(second.number) == second.id
+    assert store.by_number(replay_key.number + 1) is None and store.by_number(0) is None
+    store.discard(second.id)
+    assert store.by_number(second.number) is None
+    assert store.create(job(), ["d"]).job.number == replay_key.number + 1  # never reused
+
+
+def test_steps_and_summary_are_saved_with_the_record(store):
+    made = Job(id=new_job_id(), model="tiny-diffusion", total=2, batch_size=1, steps_total=40,
+               summary={"prompt": "a sunset", "negative_prompt": None, "num_steps": 20})
+    store.create(made, [{"prompt": "a sunset"}, {"prompt": "a sunrise"}])
+    assert store.get(made.id).summary == made.summary and store.get(made.id).steps_done == 0
+    attempt = store.claim(made.id)
+    assert store.progress(made.id, attempt, 0, 0, 7)
+    assert (store.get(made.id).steps_done, store.get(made.id).done) == (7, 0)
+    assert store.progress(made.id, attempt, 1, 1, 20)
+    store.cancel(made.id)
+    assert not store.progress(made.id, attempt, 1, 0, 25)  # cancelled: the steps stop counting
+    assert store.get(made.id).steps_done == 20 and store.get(made.id).summary == made.summary
+    plain = store.create(job(), ["a"]).job
+    assert store.get(plain.id).summary is None and store.get(plain.id).steps_total == 0
+
+
+def test_a_jobs_db_of_an_earlier_release_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "jobs.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "create table jobs (id text primary key, model text not null, total integer not null,"
+        " batch_size integer not null, parameters text not null, status text not null,"
+        " done integer not null default 0, computed integer not null default 0, attempt integer not null default 0,"
+        " created_at real not null, started_at real, finished_at real, heartbeat_at real, error_code text,"
+        " error_message text, idempotency_key text unique, body_digest text not null default '');"
+        "insert into jobs (id, model, total, batch_size, parameters, status, created_at)"
+        " values ('" + "a" * 32 + "', 'sentiment', 3, 2, '{}', 'succeeded', 1.0);"
+    )
+    old.commit()
+    old.close()
+    store = SqliteJobStore(path)
+    earlier = store.get("a" * 32)
+    assert earlier.status == SUCCEEDED and earlier.number == 0 and earlier.summary is None
+    fresh = store.create(job(), ["x"]).job
+    assert fresh.number == 1 and store.by_number(1) == fresh.id
+
+
+def test_a_jobs_files_are_kept_with_its_results_and_deleted_with_them(results):
+    job_id = new_job_id()
+    assert not results.has_file(job_id, "00000000.png")
+    results.write_file(job_id, "00000000.png", b"\x89PNG fake")
+    results.write_part(job_id, 0, b'{"index":0,"file":"00000000.png"}\n')
+    results.finalize(job_id, 1)
+    assert results.has_file(job_id, "00000000.png") and not results.has_file(job_id, "00000001.png")
+    if isinstance(results, LocalResults):
+        assert results.file_path(job_id, "00000000.png").read_bytes() == b"\x89PNG fake"
+    else:
+        import requests
+
+        got = requests.get(results.file_url(job_id, "00000000.png"), timeout=30)
+        assert got.content == b"\x89PNG fake" and got.headers["Content-Type"] == "image/png"
+    results.delete(job_id)
+    assert not results.has_file(job_id, "00000000.png")
