@@ -38,7 +38,8 @@ RUN set -e; \
     test -f models/diabetes/model.joblib || python training/train_tabular.py --dataset diabetes --out models/diabetes --min-score 0.3; \
     test -f models/digits/weights.pt || python training/train_digits.py --out models/digits --min-accuracy 0.95; \
     test -f models/streamflow/model.json || python training/train_forecast.py --out models/streamflow; \
-    test -f models/sentiment-ensemble/metrics.json || python training/eval_ensemble.py --ensemble models/sentiment-ensemble
+    test -f models/sentiment-ensemble/metrics.json || python training/eval_ensemble.py --ensemble models/sentiment-ensemble; \
+    test -f models/tiny-diffusion/pipeline/model_index.json || python training/build_tiny_diffusion.py --out models/tiny-diffusion
 
 
 FROM python:3.11-slim AS runtime

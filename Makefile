@@ -15,10 +15,11 @@ DIABETES := models/diabetes/model.joblib
 DIGITS := models/digits/weights.pt
 STREAMFLOW := models/streamflow/model.json
 ENSEMBLE := models/sentiment-ensemble/metrics.json
+TINY_DIFFUSION := models/tiny-diffusion/pipeline/model_index.json
 NODE_STAMP := postman/node_modules/.installed
 COLLECTION := var/postman/serve-http.postman_collection.json
 
-.PHONY: install models serve worker test test-fast browser redis systemd postman bench bench-jobs openapi settings-table clean
+.PHONY: install models serve worker test test-fast browser redis systemd postman bench bench-jobs bench-t2i openapi settings-table clean
 
 # The runtime requirements: what `make serve` needs.
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -58,13 +59,17 @@ $(STREAMFLOW): $(STAMP) training/train_forecast.py
 $(ENSEMBLE): $(STAMP) $(SENTIMENT) $(MINILM_HEAD) training/eval_ensemble.py models/sentiment-ensemble/model.yaml
 	$(BIN)/python training/eval_ensemble.py --ensemble models/sentiment-ensemble
 
-models: $(SENTIMENT) $(MINILM_HEAD) $(IRIS) $(DIABETES) $(DIGITS) $(STREAMFLOW) $(ENSEMBLE)
+# Text to image: a tiny pipeline of random weights built from configs (nothing to download).
+$(TINY_DIFFUSION): $(STAMP) training/build_tiny_diffusion.py
+	$(BIN)/python training/build_tiny_diffusion.py --out models/tiny-diffusion
+
+models: $(SENTIMENT) $(MINILM_HEAD) $(IRIS) $(DIABETES) $(DIGITS) $(STREAMFLOW) $(ENSEMBLE) $(TINY_DIFFUSION)
 
 # Gunicorn and the job worker together; Ctrl-C stops both (jobs/launch.py). It
 # starts once the quick models are trained (about 15 s); the MiniLM head and the
 # ensemble over it (about a minute) train beside it, niced, and are served when
 # done (optional: true in their model.yaml; until then /readyz says why not).
-QUICK_MODELS := $(SENTIMENT) $(IRIS) $(DIABETES) $(DIGITS) $(STREAMFLOW)
+QUICK_MODELS := $(SENTIMENT) $(IRIS) $(DIABETES) $(DIGITS) $(STREAMFLOW) $(TINY_DIFFUSION)
 serve: $(QUICK_MODELS)
 	$(BIN)/python -m jobs.launch --then "nice -n 10 $(MAKE) --no-print-directory models"
 
@@ -112,6 +117,10 @@ bench: $(DEV_STAMP) models
 bench-jobs: $(DEV_STAMP) models redis
 	$(BIN)/python bench/jobs.py
 
+# Text to image: ms per denoising step of the tiny pipeline, and a job's cost beside it; a minute.
+bench-t2i: $(STAMP) $(TINY_DIFFUSION)
+	$(BIN)/python bench/text_to_image.py
+
 # Soak: 10 minutes of mixed traffic on Gunicorn (5 workers, recycling on) and a
 # job worker; prints PSS, errors and p99 drift (README: Benchmark). Shorter:
 # make soak SOAK_ARGS="--minutes 2".
@@ -127,4 +136,4 @@ settings-table: $(STAMP)
 	$(BIN)/python scripts/sync_readme_settings.py
 
 clean:
-	rm -rf $(VENV) var models/*/model.joblib models/*/head.joblib models/*/weights.pt models/*/labels.json models/*/metrics.json models/*/SHA256SUMS models/*/model.json models/*/sites.db
+	rm -rf $(VENV) var models/*/model.joblib models/*/head.joblib models/*/weights.pt models/*/labels.json models/*/metrics.json models/*/SHA256SUMS models/*/model.json models/*/sites.db models/*/pipeline

@@ -31,7 +31,7 @@ from adapters.loading import adapter_class
 from adapters.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_checksums
 from serving.batching import BatchConfig, MicroBatcher, run_unbatched
 from serving.cache import NullCache, PredictionCache
-from serving.errors import Conflict, ModelLoadError, ModelNotFound, NotReady, WrongTask
+from serving.errors import Conflict, JobsOnly, ModelLoadError, ModelNotFound, NotReady, WrongTask
 from serving.metrics import ModelMetrics
 from tasks import Decoded, Limits, Task, build_task, task_class
 from utils_serve import digest
@@ -74,9 +74,13 @@ class ModelRegistry:
     listed as not ready, and every request for it is 503.
     """
 
-    def __init__(self, repository: str | Path, names: Sequence[str] = ()) -> None:
+    def __init__(self, repository: str | Path, names: Sequence[str] = (), *, runs_jobs: bool = False) -> None:
         self.repository = Path(repository)
         self.names = list(names)
+        # A job worker's registry loads the weights of jobs-only models (text to
+        # image); any other only inspects them and lists them in ``inspected``.
+        self.runs_jobs = runs_jobs
+        self.inspected: set[str] = set()
         self._models: dict[str, ModelAdapter] = {}
         self._tasks: dict[str, Task] = {}
         self._folders: dict[str, Path] = {}
@@ -131,15 +135,21 @@ class ModelRegistry:
         adapter = build_adapter(manifest, folder)
         adapter.revision = revision
         adapter.dependencies = {dep: self._models[dep] for dep in manifest.depends_on}
+        inspect_only = not self.runs_jobs and task_class(manifest, type(adapter), folder).jobs_only
         started = time.perf_counter()
         try:
-            adapter.load()
+            adapter.inspect() if inspect_only else adapter.load()
         except ModelLoadError:
             raise
         except Exception as exc:  # a broken artifact must name its model
             raise ModelLoadError(name, one_line(f"{type(exc).__name__}: {exc}")) from exc
         self._bind(adapter)
         self.load_seconds[name] = time.perf_counter() - started
+        if inspect_only:
+            self.inspected.add(name)
+            log.info("model %s (%s) runs in job workers only: inspected, not loaded", name, manifest.adapter)
+            return
+        self.inspected.discard(name)
         log.info("loaded model %s (%s) in %.2fs", name, manifest.adapter, self.load_seconds[name])
 
     def _bind(self, adapter: ModelAdapter) -> None:
@@ -171,13 +181,17 @@ class ModelRegistry:
         manifests = {n: (self._models[n].manifest, self._models[n].folder) for n in self._models}
         manifests[name] = (manifest, folder)
         order = [n for n in _dependency_order(manifests) if n == name or name in _requires(n, manifests)]
-        staged = ModelRegistry(self.repository)
+        staged = ModelRegistry(self.repository, runs_jobs=self.runs_jobs)
         staged._models = {n: m for n, m in self._models.items() if n not in order}
         for model in order:
             fresh = manifest if model == name else load_manifest(manifests[model][1])
             staged._load(fresh, manifests[model][1])
         for model in order:
             self._models[model], self._tasks[model] = staged._models[model], staged._tasks[model]
+            if model in staged.inspected:
+                self.inspected.add(model)
+            else:
+                self.inspected.discard(model)
             self.load_seconds[model] = staged.load_seconds[model]
             self._folders[model] = manifests[model][1]
             self.failures.pop(model, None)
@@ -391,6 +405,13 @@ class Predictions:
         return [task.encode(r, d, parameters) for r, d in zip(self.results, self.inputs.items)]
 
 
+def _jobs_only(name: str, *_: Any) -> list[Any]:
+    raise JobsOnly(
+        f"model {name!r} runs only as a background job: POST /v1/jobs with {{\"model\": \"{name}\", \"inputs\": [...]}}",
+        details={"model": name, "submit": "/v1/jobs"},
+    )
+
+
 @dataclass(frozen=True)
 class _Route:
     """How one model's inputs reach it: its runner and which per-item hooks apply."""
@@ -526,7 +547,9 @@ class Predictor:
 
         observer = self.metrics(adapter.name)
         fan_out = getattr(adapter, "fan_out", None)
-        if fan_out is not None:  # an ensemble: never batched itself, its members batch on their own
+        if task.jobs_only and adapter.name in self.registry.inspected:
+            run = partial(_jobs_only, adapter.name)
+        elif fan_out is not None:  # an ensemble: never batched itself, its members batch on their own
             run = run_unbatched(partial(fan_out, self.call_member, self.timeout), observer)
         elif self.batching:
             spec = adapter.manifest.batching

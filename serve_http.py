@@ -30,6 +30,7 @@ from api.forecast import init_forecast
 from api.docs import docs
 from api.v2 import v2
 from api.metrics import UNMATCHED, metrics_blueprint, request_route
+from api.generated_images import generated_images
 from api.jobs import init_jobs
 from api.routes import v1
 from api.stream import stream
@@ -43,6 +44,7 @@ from serving.errors import (
     JobLost,
     ModelLoadError,
     ModelNotFound,
+    NotAvailableYet,
     NotFound,
     NotReady,
     Overloaded,
@@ -66,6 +68,7 @@ log = logging.getLogger("serve_http")
 # The one place errors become HTTP statuses; subclasses inherit their parent's.
 STATUS: dict[type[ServeError], int] = {
     InvalidInput: 400,
+    NotAvailableYet: 400,
     Unauthorized: 401,
     NotFound: 404,
     ModelNotFound: 404,
@@ -188,6 +191,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.register_blueprint(metrics_blueprint)
     app.register_blueprint(stream)
     app.register_blueprint(demo)
+    app.register_blueprint(generated_images)
     init_jobs(app, settings)
     init_forecast(app, settings)
     spec.register(app, register_route=False)

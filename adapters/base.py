@@ -92,6 +92,10 @@ class ModelAdapter(ABC):
     def load(self) -> None:
         """Read weights and artifacts; set ``self.labels``. Runs in the Gunicorn master: no torch compute."""
 
+    def inspect(self) -> None:
+        """Check the options and artifacts without reading weights: what a web
+        process does for a model only job workers run (``Task.jobs_only``)."""
+
     @abstractmethod
     def predict(self, batch: Sequence[Any]) -> list[Any]:
         """One result per input, in order."""

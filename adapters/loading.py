@@ -40,6 +40,7 @@ ADAPTERS = {
     "efficientnet": "adapters.image_classification:EfficientNetClassifier",
     "forecast": "adapters.forecast:ForecastModel",
     "ensemble": "adapters.ensemble:Ensemble",
+    "diffusers": "adapters.diffusers_pipeline:DiffusersPipeline",
 }
 
 

@@ -9,7 +9,8 @@ An example names a model the repository serves: the settings' defaults where
 that is one (``SERVE_DEFAULT_CLASSIFIER`` ...), else the first served model
 of the task. A job id cannot be known before the job exists, so the job
 operations' ``job_id`` comes from the submit answer (the document's
-``links``); its example only shows the form. A multipart file part has no
+``links``); its example only shows the form, as the first image row's
+``image_id`` (1) of the text-to-image routes does. A multipart file part has no
 JSON example: ``/object-detection`` is sent ``tasks/example.jpg``.
 """
 
@@ -21,6 +22,7 @@ from typing import Any, Optional
 from predict import ModelRegistry
 from serving.settings import Settings
 from tasks import OBJECT_DETECTION, TEXT_CLASSIFICATION, TEXT_EMBEDDING, TIME_SERIES_FORECAST
+from tasks.generation import EXAMPLE_PROMPT
 from tasks.image import EXAMPLE_IMAGE
 from tasks.text import EXAMPLE_TEXT
 
@@ -57,6 +59,7 @@ def operation_examples(registry: ModelRegistry, settings: Settings) -> dict[str,
     standalone = ensemble if ensemble in {a.name for a in registry} else classifier
     image = {"image": {"content": EXAMPLE_IMAGE}}
     job = {"model": classifier, "inputs": [EXAMPLE_TEXT, "a dull, lifeless remake"]}
+    drawing = {"prompt": EXAMPLE_PROMPT, "num_steps": 10, "seed": 42}
     return {
         "visionDetect": Example({"requests": [{**image, "features": [{"maxResults": 5, "score_th": 0.3}]}]}),
         "detect": Example({"requests": [{**image, "model": detector}]}),
@@ -68,6 +71,11 @@ def operation_examples(registry: ModelRegistry, settings: Settings) -> dict[str,
         "getForecast": Example(parameters={"site_id": site, "forecast_days": 5}),
         "submitJob": Example(job),
         "uploadJob": Example({"model": classifier, "inputs": "\n".join(f'"{t}"' for t in job["inputs"]) + "\n"}),
+        "createGeneratedImage": Example(drawing),
+        "imageGeneration": Example(drawing),
+        "getGeneratedImage": Example(parameters={"image_id": 1}),
+        "getGeneratedImageUrl": Example(parameters={"image_id": 1}),
+        "jobFile": Example(parameters={"job_id": EXAMPLE_JOB_ID, "name": "00000000.png"}),
         "getJob": Example(parameters={"job_id": EXAMPLE_JOB_ID}),
         "jobResult": Example(parameters={"job_id": EXAMPLE_JOB_ID}),
         "cancelJob": Example(parameters={"job_id": EXAMPLE_JOB_ID}),

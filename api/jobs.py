@@ -16,10 +16,11 @@ from werkzeug.routing import BaseConverter
 from api.context import services
 from api.schemas import ErrorResponse, JobRequest, JobStatus, JobUploadForm
 from api.spec import spec
-from jobs.records import SUCCEEDED, Job
+from jobs.records import SUCCEEDED, Created, Job
+from jobs.results import FILE_NAME, media_type
 from jobs.service import JobService, build_service
 from jobs.uploads import read_inputs
-from serving.errors import InvalidInput, UnsupportedMediaType, invalid
+from serving.errors import FileNotFound, InvalidInput, UnsupportedMediaType, invalid
 from serving.settings import Settings
 
 JOBS_EXTENSION = "serve_http.jobs"
@@ -27,6 +28,17 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 jobs = Blueprint("jobs", __name__)
+
+
+class FileNameConverter(BaseConverter):
+    """A job's file name: its input's index in 8 digits and a suffix (``00000000.png``)."""
+
+    regex = FILE_NAME.pattern
+
+    def to_python(self, value):
+        return value
+
+    to_python.__annotations__["return"] = str
 
 
 class JobIdConverter(BaseConverter):
@@ -46,6 +58,7 @@ def init_jobs(app: Flask, settings: Settings) -> None:
     """Give the app its job service (nothing connects yet) and the routes."""
     app.extensions[JOBS_EXTENSION] = build_service(settings)
     app.url_map.converters["job_id"] = JobIdConverter
+    app.url_map.converters["file_name"] = FileNameConverter
     app.register_blueprint(jobs)
 
 
@@ -57,25 +70,40 @@ def _errors(*codes: int) -> dict:
     return {f"HTTP_{code}": ErrorResponse for code in codes}
 
 
-def _time(value: float | None) -> str | None:
+def iso_time(value: float | None) -> str | None:
     if value is None:
         return None
     return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def percent(job: Job) -> int:
+    """How far the job is, in whole percent: by steps where the model counts them, else by inputs."""
+    if job.status == SUCCEEDED:
+        return 100
+    done, total = (job.steps_done, job.steps_total) if job.steps_total else (job.done, job.total)
+    return min(99, done * 100 // total) if total else 0
+
+
 def job_json(job: Job) -> dict:
     error = {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
+    steps = job.steps_total > 0
     return {
         "id": job.id,
         "model": job.model,
         "status": job.status,
-        "progress": {"done": job.done, "total": job.total},
+        "progress": {
+            "done": job.done,
+            "total": job.total,
+            "steps_done": job.steps_done if steps else None,
+            "steps_total": job.steps_total if steps else None,
+            "percent": percent(job),
+        },
         "attempts": job.attempt,
         "computed": job.computed,
-        "created_at": _time(job.created_at),
-        "started_at": _time(job.started_at),
-        "finished_at": _time(job.finished_at),
-        "heartbeat_at": _time(job.heartbeat_at),
+        "created_at": iso_time(job.created_at),
+        "started_at": iso_time(job.started_at),
+        "finished_at": iso_time(job.finished_at),
+        "heartbeat_at": iso_time(job.heartbeat_at),
         "error": error,
         "result_url": url_for("jobs.job_result", job_id=job.id) if job.status == SUCCEEDED else None,
     }
@@ -146,6 +174,20 @@ def upload_job():
 
 
 def _submit(model: str, inputs: list[Any], parameters: dict[str, Any]):
+    outcome = submit_inputs(model, inputs, parameters)
+    response = jsonify(job_json(outcome.job))
+    response.status_code = 202 if outcome.created else 200
+    response.headers["Location"] = url_for("jobs.get_job", job_id=outcome.job.id)
+    if not outcome.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def submit_inputs(model: str, inputs: list[Any], parameters: dict[str, Any],
+                  summary: dict[str, Any] | None = None) -> Created:
+    """Check a job's inputs as far as they can be checked here, then queue it
+    (the request's ``Idempotency-Key`` honoured); ``summary``: what a route
+    shows of the request later (``Job.summary``)."""
     settings = services().settings
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
@@ -160,14 +202,13 @@ def _submit(model: str, inputs: list[Any], parameters: dict[str, Any]):
     for i, item in enumerate(inputs):
         task.check(item, params, predictor.limits, f"inputs[{i}]")
     outcome = job_service().submit(
-        model, inputs, params.model_dump(exclude_defaults=True), idempotency_key=key
+        model, inputs, params.model_dump(exclude_defaults=True), idempotency_key=key,
+        # A file per input (an image) is saved, and shown, as soon as it is made.
+        batch_size=1 if task.file_suffix is not None else None,
+        steps_total=sum(task.steps(item, params, predictor.limits) for item in inputs),
+        summary=summary,
     )
-    response = jsonify(job_json(outcome.job))
-    response.status_code = 202 if outcome.created else 200
-    response.headers["Location"] = url_for("jobs.get_job", job_id=outcome.job.id)
-    if not outcome.created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
+    return outcome
 
 
 @jobs.get("/v1/jobs/<job_id:job_id>")
@@ -199,6 +240,27 @@ def job_result(job_id: str):
         return redirect(location.url, code=307)
     assert location.path is not None
     return send_file(location.path, mimetype="application/x-ndjson", download_name=f"{job_id}.jsonl", conditional=True)
+
+
+@jobs.get("/v1/jobs/<job_id:job_id>/files/<file_name:name>")
+@spec.validate(resp=Response("HTTP_200", "HTTP_307", validate=False, **_errors(401, 404, 410, 503)), tags=["jobs"])
+def job_file(job_id: str, name: str):
+    """One of a job's files: a text-to-image job's PNG of one input.
+
+    `00000000.png` is input 0's, as its result line's `file` names it.
+
+    A file can be fetched as soon as it is made, before the job ends; when
+    files live in object storage, a 307 redirect to a pre-signed URL. 404
+    `file_not_found` until it is made (and after the job was cancelled).
+    """
+    service = job_service()
+    location = service.file(service.get(job_id), name)
+    if location is None:
+        raise FileNotFound(f"job {job_id} has no file {name!r} (yet)", details={"file": name})
+    if location.url is not None:
+        return redirect(location.url, code=307)
+    assert location.path is not None
+    return send_file(location.path, mimetype=media_type(name), download_name=name, conditional=True)
 
 
 @jobs.delete("/v1/jobs/<job_id:job_id>")

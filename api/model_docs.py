@@ -131,9 +131,11 @@ def add_model_operations(document: dict[str, Any], registry: ModelRegistry, sett
     for adapter in sorted(registry, key=lambda a: a.name):
         task = registry.task(adapter.name)
         operation = model_operation(adapter.name, task, components, errors, settings.max_batch_items)
+        jobs[adapter.name] = _job_variant(adapter.name, components, operation, settings.job_max_inputs)
+        if task.jobs_only:  # its predict route answers 422 jobs_only: documented as a job body only
+            continue
         paths[GENERIC_PATH.replace("{name}", adapter.name)] = operation
         examples[adapter.name] = {"summary": f"{adapter.name} ({task.name})", "value": example_body(task)}
-        jobs[adapter.name] = _job_variant(adapter.name, components, operation, settings.job_max_inputs)
     if examples:  # the path's example model first: what a client sends as it is
         first = given["predict"].parameters["name"]
         examples = {name: examples[name] for name in _first(examples, first)}
@@ -188,7 +190,8 @@ def _served_values(
 ) -> None:
     """The values the served models take, where a route's own model cannot know
     them: detection labels, embedding sizes, forecast horizons, the ensemble's
-    inputs, and the job body of each model."""
+    inputs, the image sizes of the book's text-to-image body, and the job body
+    of each model."""
     schemas = document["components"]["schemas"]
     labels = sorted({label for a in registry if registry.task(a.name).name == OBJECT_DETECTION for label in a.labels})
     if labels:
@@ -223,6 +226,15 @@ def _served_values(
             **recommendation["inputs"],
             "anyOf": [{"type": "array", "minItems": 1, "maxItems": settings.max_batch_items, "items": item}, {"type": "null"}],
         }
+    drawer = settings.image_generation_model
+    options = getattr(registry.task(drawer), "options", None) if drawer in names else None
+    book = _schema(document, "ImageGenerationInput").get("properties", {})
+    if options is not None:  # the book's body takes the sizes its model draws
+        size = {"type": "integer", "minimum": options.min_size, "maximum": options.max_size,
+                "multipleOf": options.size_multiple}
+        for name in ("width", "height"):
+            if name in book:
+                book[name] = {**book[name], "anyOf": [dict(size), {"type": "null"}]}
     body = document["paths"].get("/v1/jobs", {}).get("post", {}).get("requestBody", {}).get("content", {})
     if jobs and "application/json" in body:
         body["application/json"]["schema"] = {
@@ -300,3 +312,17 @@ def _job_links(document: dict[str, Any]) -> None:
         for code in ("200", "202"):
             if code in responses:
                 responses[code]["links"] = json.loads(json.dumps(links))
+    # The book's image rows: their id, and the job behind them.
+    rows = {
+        target: {"operationId": target, "parameters": {"image_id": "$response.body#/id"}}
+        for target in ("getGeneratedImage", "getGeneratedImageUrl")
+    }
+    rows["getJob"] = {"operationId": "getJob", "parameters": {"job_id": "$response.body#/job_id"}}
+    responses = document["paths"].get("/generated-images", {}).get("post", {}).get("responses", {})
+    for code in ("200", "201"):
+        if code in responses:
+            responses[code]["links"] = json.loads(json.dumps(rows))
+    responses = document["paths"].get("/image-generation", {}).get("post", {}).get("responses", {})
+    for code in ("200", "202"):
+        if code in responses:
+            responses[code]["links"] = {"getJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/task_id"}}}

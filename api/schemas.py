@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from tasks.base import Strict
+from tasks.base import Integer, Strict
+from tasks.generation import MAX_SEED, MAX_STEPS, bounded
 from tasks.fields import IMAGE_SCHEMA
 from tasks.text import Text
 from tasks.detection import DetectionParameters, Detections
@@ -292,6 +293,11 @@ class JobUploadForm(Strict):
 class JobProgress(BaseModel):
     done: int = Field(description="Inputs whose results are saved.")
     total: int
+    steps_done: Optional[int] = Field(
+        None, description="Steps done, for a model that counts them (text to image: denoising steps); else null."
+    )
+    steps_total: Optional[int] = Field(None, description="Steps of every input together; null for a model without steps.")
+    percent: int = Field(description="Whole percent done: by steps where the model counts them, else by inputs.")
 
 
 class JobError(BaseModel):
@@ -312,6 +318,47 @@ class JobStatus(BaseModel):
     heartbeat_at: Optional[str] = Field(None, description="Last sign of life of the worker running it.")
     error: Optional[JobError] = None
     result_url: Optional[str] = Field(None, description="Where the results are, once the job succeeded.")
+
+
+# --- text to image: the FastAPI book's routes (chapter 14) ------------------------------
+
+
+class ImageGenerationInput(Strict):
+    """The book's request: a prompt, what not to draw, and the denoising steps;
+    seed, guidance and size beside them are this server's (optional)."""
+
+    prompt: Text = Field(description="What to draw.")
+    negative_prompt: Optional[str] = Field(None, description="What not to draw.")
+    num_steps: bounded(ge=1, le=MAX_STEPS) = Field(
+        None, description="Denoising steps, 1 to 50; the model's default (its manifest) if omitted."
+    )
+    guidance_scale: Optional[float] = Field(None, ge=0, le=30, description="Classifier-free guidance.")
+    seed: bounded(ge=0, le=MAX_SEED) = Field(None, description="The same seed and inputs give the same image.")
+    width: Optional[Integer] = Field(None, description="Pixels, within the model's bounds.")
+    height: Optional[Integer] = Field(None, description="Pixels, within the model's bounds.")
+
+
+class GeneratedImageRead(BaseModel):
+    """The book's image row; ``job_id`` and ``status`` are this server's (the job behind it)."""
+
+    id: int = Field(description="A small integer, in order of submission (the job's number).")
+    created_at: str
+    progress: int = Field(description="Whole percent of the denoising steps done (100 once the image is stored).")
+    prompt: str
+    negative_prompt: Optional[str] = None
+    num_steps: int
+    file_name: Optional[str] = Field(None, description="The image's key in result storage, once it is stored.")
+    job_id: str
+    status: str = Field(description="The job's: queued, running, succeeded, failed or cancelled.")
+    error: Optional[JobError] = None
+
+
+class ImageGenerationOutput(BaseModel):
+    task_id: str = Field(description="The job's id: GET /v1/jobs/{task_id} follows it.")
+
+
+class ImageURL(BaseModel):
+    url: str = Field(description="Where the PNG can be downloaded (pre-signed when results are in object storage).")
 
 
 # --- errors ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@ against a live server (Postman's Runner, or newman):
 - every request checks that it got a 2xx;
 - the job requests are chained: the submitted job's id is kept in a
   collection variable, its status is polled until it finished, then its result
-  is read; the uploaded job is the one cancelled;
+  is read; the uploaded job is the one cancelled; the text-to-image row made
+  is polled the same way, then its URL and its file are read;
 - the live model changes come last, unload before load, so the run leaves the
   server serving what it served before;
 - the two form files (``example.jpg``, the docs' example photo, and ``inputs.jsonl``) are written next to
@@ -52,17 +53,25 @@ UPLOAD_LINES = 1000
 POLLS = 600  # 100 ms apart: a minute for the submitted job to finish
 
 ANY_2XX = "pm.test('answered 2xx', () => pm.expect(pm.response.code).to.be.within(200, 299));"
-POLL_JOB = f"""\
+
+
+def poll_script(counter: str) -> str:
+    """A test script that asks for the same request again (100 ms later) while
+    the job it shows is queued or running, ``POLLS`` times at most."""
+    return f"""\
 const job = pm.response.json();
 if (job.status === 'queued' || job.status === 'running') {{
-  const polls = Number(pm.collectionVariables.get('job_polls') || 0) + 1;
-  pm.collectionVariables.set('job_polls', polls);
+  const polls = Number(pm.collectionVariables.get('{counter}') || 0) + 1;
+  pm.collectionVariables.set('{counter}', polls);
   pm.test('the job finishes within {POLLS} polls', () => pm.expect(polls).to.be.below({POLLS}));
   if (polls < {POLLS}) {{
     pm.execution.setNextRequest(pm.info.requestId);
     setTimeout(() => {{}}, 100);
   }}
 }}"""
+
+
+POLL_JOB = poll_script("job_polls")
 
 
 def default_base_url() -> str:
@@ -153,6 +162,13 @@ def reorder(collection: dict, folder: str, first: Sequence[dict], last: Sequence
     items[:] = [*first, *[i for i in items if not any(i is c for c in chosen)], *last]
 
 
+def move(collection: dict, item: dict, source: str, target: str) -> None:
+    """Move ``item`` from folder ``source`` to the end of folder ``target``."""
+    folders = {f.get("name"): f["item"] for f in collection["item"] if "item" in f}
+    folders[source][:] = [i for i in folders[source] if i is not item]
+    folders[target].append(item)
+
+
 def chain(collection: dict, document: dict) -> dict:
     """The converted collection of ``document``, made to run top to bottom (see the module docstring)."""
     by_op = requests_of(collection)
@@ -163,6 +179,9 @@ def chain(collection: dict, document: dict) -> dict:
         {"key": "job_id", "value": ""},
         {"key": "upload_job_id", "value": ""},
         {"key": "job_polls", "value": "0"},
+        {"key": "image_id", "value": ""},
+        {"key": "image_job_id", "value": ""},
+        {"key": "image_polls", "value": "0"},
     ]
     collection["event"] = [{"listen": "test", "script": {"type": "text/javascript", "exec": [ANY_2XX]}}]
 
@@ -177,6 +196,21 @@ def chain(collection: dict, document: dict) -> dict:
         set_path_variable(item, "job_id", "{{job_id}}")
     set_path_variable(cancel, "job_id", "{{upload_job_id}}")
     reorder(collection, "jobs", [upload, cancel, submit, status, result])
+
+    # Text to image: the row made is polled until its image is stored, then
+    # its URL and its file (a jobs route, moved here to follow the row's job).
+    create, image, url = (by_op[op] for op in ("POST /generated-images", "GET /generated-images/{image_id}",
+                                               "GET /generated-images/{image_id}/url"))
+    job_file = by_op["GET /v1/jobs/{job_id}/files/{name}"]
+    on_test(create, "pm.collectionVariables.set('image_id', pm.response.json().id);\n"
+                    "pm.collectionVariables.set('image_job_id', pm.response.json().job_id);\n"
+                    "pm.collectionVariables.set('image_polls', 0);")
+    on_test(image, poll_script("image_polls"))
+    for item in (image, url):
+        set_path_variable(item, "image_id", "{{image_id}}")
+    set_path_variable(job_file, "job_id", "{{image_job_id}}")
+    move(collection, job_file, "jobs", "text to image")
+    reorder(collection, "text to image", [create, image, url, job_file])
 
     form_field(upload, "inputs")["src"] = INPUTS
     form_field(by_op["POST /object-detection"], "image")["src"] = IMAGE

@@ -85,8 +85,27 @@ class WrongTask(ServeError):
     code = "wrong_task"
 
 
+class JobsOnly(WrongTask):
+    """A model that runs only as a background job (text to image) was asked
+    for a synchronous answer: submit it to ``POST /v1/jobs`` (422)."""
+
+    code = "jobs_only"
+
+
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class NotAvailableYet(ServeError):
+    """What was asked for is not made yet (the book's image URL before the image exists: 400)."""
+
+    code = "not_available_yet"
+
+
+class FileNotFound(NotFound):
+    """A job holds no file of that name (not written yet, or the job was cancelled)."""
+
+    code = "file_not_found"
 
 
 class JobLost(ServeError):

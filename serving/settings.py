@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     forecast_model: str = Field(
         "streamflow", description="Forecast model of GET /forecast, whose sites GET /info lists."
     )
+    image_generation_model: str = Field(
+        "tiny-diffusion", description="Text-to-image model of POST /generated-images and POST /image-generation."
+    )
     recommendation_ensemble: str = Field(
         "sentiment-ensemble", description="Ensemble model answering POST /recommendation."
     )

@@ -33,6 +33,7 @@ OBJECT_DETECTION = "object-detection"
 TABULAR_CLASSIFICATION = "tabular-classification"
 TABULAR_REGRESSION = "tabular-regression"
 TIME_SERIES_FORECAST = "time-series-forecast"
+TEXT_TO_IMAGE = "text-to-image"
 
 BUILTIN_TASKS = {
     TEXT_CLASSIFICATION: "tasks.text:TextClassification",
@@ -44,6 +45,7 @@ BUILTIN_TASKS = {
     TABULAR_CLASSIFICATION: "tasks.tabular:TabularClassification",
     TABULAR_REGRESSION: "tasks.tabular:TabularRegression",
     TIME_SERIES_FORECAST: "tasks.forecast:TimeSeriesForecast",
+    TEXT_TO_IMAGE: "tasks.generation:TextToImage",
 }
 
 

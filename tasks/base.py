@@ -42,7 +42,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True, hide_input_in_errors=True)
 
 
-def _integral(value: Any) -> Any:
+def integral(value: Any) -> Any:
     # JSON Schema's integer is a number with no fraction: 20.0 is one.
     if type(value) is float and value.is_integer():
         return int(value)
@@ -50,7 +50,7 @@ def _integral(value: Any) -> Any:
 
 
 #: An integer field of a request: 20 and 20.0 (JSON Schema's integers), never "20" or true.
-Integer = Annotated[int, BeforeValidator(_integral)]
+Integer = Annotated[int, BeforeValidator(integral)]
 
 
 class NoParameters(Strict):
@@ -152,6 +152,13 @@ class Task:
     Output: Any = Any
     #: Whether an uploaded file (a zip member, a multipart file) can be one input.
     takes_files: ClassVar[bool] = False
+    #: Whether the task runs only as a background job (its calls take too long
+    #: for a request): web processes do not load its weights, and every
+    #: synchronous route answers 422 ``jobs_only``.
+    jobs_only: ClassVar[bool] = False
+    #: A task whose result is a file (``png``): a job stores ``file_bytes`` of
+    #: each result as a file of its own, and its result line names it.
+    file_suffix: ClassVar[str | None] = None
 
     def __init__(self, model: "ModelAdapter") -> None:
         self.model = model
@@ -211,6 +218,15 @@ class Task:
     def load(self, value: Any) -> Any:
         """A cached value back as the result ``dump`` was given."""
         return value
+
+    def file_bytes(self, result: Any) -> bytes:
+        """A result as the file a job stores (tasks with ``file_suffix``)."""
+        raise NotImplementedError
+
+    def steps(self, item: Any, parameters: BaseModel, limits: Limits) -> int:
+        """The steps a job's progress counts for one input while it is computed
+        (a diffusion pipeline's denoising steps); 0: progress by inputs only."""
+        return 0
 
     def cacheable(self, result: Any) -> bool:
         """Whether a result may be cached (an ensemble's partial answer may not)."""

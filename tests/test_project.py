@@ -43,11 +43,16 @@ def test_openapi_documents_every_route():
         "/v2/repository/models/{name}/load": {"post"}, "/v2/repository/models/{name}/unload": {"post"},
         "/v1/embeddings": {"post"},
         "/v1/jobs": {"post"}, "/v1/jobs/upload": {"post"}, "/v1/jobs/{job_id}": {"get", "delete"},
-        "/v1/jobs/{job_id}/result": {"get"},
+        "/v1/jobs/{job_id}/result": {"get"}, "/v1/jobs/{job_id}/files/{name}": {"get"},
+        "/generated-images": {"post"}, "/generated-images/{image_id}": {"get"},
+        "/generated-images/{image_id}/url": {"get"}, "/image-generation": {"post"},
     }
-    # One operation per model of the repository, with its task's schemas.
-    models = sorted(p.parent.name for p in (REPO_ROOT / "models").glob("*/model.yaml"))
+    # One operation per model of the repository, with its task's schemas; a
+    # model that runs only as a job (text to image) has none.
+    manifests = {p.parent.name: yaml.safe_load(p.read_text()) for p in (REPO_ROOT / "models").glob("*/model.yaml")}
+    models = sorted(name for name, manifest in manifests.items() if manifest["task"] != "text-to-image")
     assert {"iris", "diabetes", "digits", "sentiment", "streamflow", "sentiment-ensemble"} <= set(models)
+    assert "tiny-diffusion" in manifests and "tiny-diffusion" not in models
     expected |= {f"/v1/models/{name}/predict": {"post"} for name in models}
     assert {path: set(ops) for path, ops in paths.items()} == expected
     for name in models:

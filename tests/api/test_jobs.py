@@ -42,7 +42,7 @@ def test_a_job_is_queued_run_and_its_results_equal_the_predict_route(client, app
     assert r.status_code == 202
     job = r.get_json()
     assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
-    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 3} and job["result_url"] is None
+    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 3, "steps_done": None, "steps_total": None, "percent": 0} and job["result_url"] is None
     # Nothing consumes the queue in this test: the job waits, and so does its result.
     assert client.get(f"/v1/jobs/{job['id']}").get_json()["status"] == "queued"
     early = client.get(f"/v1/jobs/{job['id']}/result")
@@ -50,7 +50,7 @@ def test_a_job_is_queued_run_and_its_results_equal_the_predict_route(client, app
 
     run_queued(app, registry, job["id"])
     done = client.get(f"/v1/jobs/{job['id']}").get_json()
-    assert done["status"] == "succeeded" and done["progress"] == {"done": 3, "total": 3}
+    assert done["status"] == "succeeded" and done["progress"] == {"done": 3, "total": 3, "steps_done": None, "steps_total": None, "percent": 100}
     assert done["computed"] == 3 and done["attempts"] == 1
     assert done["result_url"] == f"/v1/jobs/{job['id']}/result"
     result = client.get(done["result_url"])

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.e2e
 
 DOCUMENT = yaml.safe_load((REPO_ROOT / "openapi.yml").read_text(encoding="utf-8"))
 JOB_OPERATIONS = ("getJob", "jobResult", "cancelJob")
+# The text-to-image operations whose answer exists once the first image row's job is done.
+IMAGE_OPERATIONS = ("getGeneratedImageUrl", "jobFile")
 LAST = ("unloadModel", "loadModel")
 
 
@@ -105,6 +107,11 @@ def test_every_operation_example_gets_its_documented_2xx(live, capsys):
             if name == "jobResult":  # a job's result exists once it succeeded
                 wait_for(lambda: requests.get(f"{live.url}/v1/jobs/{job_id}", timeout=10).json()["status"] == "succeeded",
                          120, "the example job")
+        if name in IMAGE_OPERATIONS:  # image row 1 (the example's) has its image once its job succeeded
+            row = wait_for(lambda: (r := requests.get(f"{live.url}/generated-images/1", timeout=10).json())["progress"] == 100
+                           and r, 120, "the example image")
+            if name == "jobFile":
+                path_values["job_id"] = row["job_id"]
         for body in bodies(operation) or [None]:
             response = send(live.url, method, path, operation, body, path_values)
             sent += 1

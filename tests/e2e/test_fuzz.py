@@ -22,6 +22,9 @@ upload's file (JSON lines or a zip of images) is the same case, and so is
 ``POST /v1/jobs``: its examples phase puts one model's example inputs under
 another model's name, and a base64 field's ``format`` is an annotation, not
 an assertion, to JSON Schema validators, so a text is a schema-valid digit.
+The FastAPI book's ``GET /generated-images/{id}/url`` answers a valid
+request 400 while the image is not stored yet: its contract, and a state,
+not a shape.
 
 Generation is random: a failing run prints the seed to replay it
 (``pytest --hypothesis-seed=<seed>``).
@@ -63,6 +66,7 @@ NO_POSITIVE_CHECK = (
     "POST /v2/models/{name}/versions/{version}/infer",
     "POST /v1/jobs/upload",
     "POST /v1/jobs",
+    "GET /generated-images/{image_id}/url",
 )
 
 

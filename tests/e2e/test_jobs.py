@@ -123,7 +123,7 @@ def test_500_texts_progress_rises_and_results_equal_the_synchronous_answers(stac
     assert r.status_code == 202, r.text
     job = r.json()
     assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
-    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 500}
+    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 500, "steps_done": None, "steps_total": None, "percent": 0}
 
     seen: list[int] = []
 
@@ -134,7 +134,7 @@ def test_500_texts_progress_rises_and_results_equal_the_synchronous_answers(stac
 
     final = stack.wait(job["id"], finished, "finish")
     assert final["status"] == "succeeded", final
-    assert final["progress"] == {"done": 500, "total": 500}
+    assert final["progress"] == {"done": 500, "total": 500, "steps_done": None, "steps_total": None, "percent": 100}
     assert final["attempts"] == 1 and final["computed"] == 500 and final["error"] is None
     assert final["started_at"] and final["finished_at"] >= final["started_at"]
     # Progress was watched rising: never backwards, several values on the way.
