@@ -81,6 +81,7 @@ class DiffusersPipeline(ModelAdapter):
         self.config = DiffusersOptions()
         self._pipeline: Any = None
         self._device: str | None = None  # set in the process that draws, on its first image
+        self.pipeline_class = ""  # model_index.json's _class_name, once inspected
         self._lock = threading.Lock()
 
     @property
