@@ -237,14 +237,19 @@ class SheddingThreadWorker(gthread.ThreadWorker):
 
     def _on_readable(self, conn, _sock) -> None:
         if conn.pending.received == 0:
-            # A request begins: a thread reads it, as Gunicorn's would, but
-            # without waiting (_read_now); only a request that does not come
-            # whole at once is left to the event loop. Fast clients cost the
-            # event loop nothing more than Gunicorn's own.
-            self._unwatch(conn)
             self._begin(conn, time.monotonic())
-            self.enqueue_req(conn)
-            return
+            if not self.backlog or self._waiting < self.backlog // 2:
+                # A request begins: a thread reads it, as Gunicorn's would, but
+                # without waiting (_read_now); only a request that does not come
+                # whole at once is left to the event loop. Fast clients cost the
+                # event loop nothing more than Gunicorn's own.
+                self._unwatch(conn)
+                self.enqueue_req(conn)
+                return
+            # Half the backlog waits for a thread already: this request's first
+            # bytes are read here, and it joins the backlog once whole. A burst
+            # of slow senders' first bytes then holds no place a whole request
+            # needs (it had filled the backlog, and a normal client got 503).
         data = _receive(conn)
         if data is None:
             return

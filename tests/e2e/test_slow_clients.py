@@ -338,3 +338,28 @@ def test_connections_past_the_bound_are_503_and_closed(model_repo, tmp_path):
             assert read_answer(conn)[0] == b"HTTP/1.1 200 OK"
             conn.close()
         server.wait_for(lambda: requests.get(server.url + "/healthz", timeout=5).status_code == 200, 10, "room again")
+
+
+def test_a_burst_of_first_bytes_takes_no_place_in_the_backlog(model_repo, tmp_path):
+    """One worker, one thread, a backlog of 4: 60 connections send the start
+    of a request line at once. Past half the backlog their first bytes are
+    read on the event loop, so the backlog is left to whole requests, and a
+    normal client right after the burst is answered, not refused with 503."""
+    env = {"SERVE_MODEL_REPOSITORY": str(model_repo), "WORKERS": "1", "THREADS": "1", "SERVE_WORKER_BACKLOG": "4",
+           "SERVE_HEADER_TIMEOUT_S": "5"}
+    with GunicornServer(tmp_path, env=env) as server:
+        for _ in range(2):
+            conns = [connect(server) for _ in range(60)]
+            for conn in conns:
+                conn.sendall(b"GET /healthz HT")
+            r = requests.get(server.url + "/healthz", timeout=10)
+            assert r.status_code == 200, r.text
+            for conn in conns:
+                conn.sendall(b"TP/1.1\r\nHost: x\r\n\r\n")
+            # Each stalled request was kept and is answered once whole: 60 whole
+            # requests at once against a backlog of 4, so 200 or the backlog's 503.
+            statuses = [read_answer(conn)[0] for conn in conns]
+            assert set(statuses) <= {b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable"}, statuses
+            assert b"HTTP/1.1 200 OK" in statuses
+            for conn in conns:
+                conn.close()
