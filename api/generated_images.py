@@ -19,12 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request, url_for
-from flask_pydantic_spec import Response
 
 from api.context import services
 from api.jobs import iso_time, job_service, percent, submit_inputs
-from api.schemas import ErrorResponse, GeneratedImageRead, ImageGenerationInput, ImageGenerationOutput, ImageURL
-from api.spec import spec
+from api.schemas import GeneratedImageRead, ImageGenerationInput, ImageGenerationOutput, ImageURL
+from api.spec import responses, spec
 from jobs.records import FINISHED, SUCCEEDED, Job
 from jobs.results import file_name
 from serving.errors import JobNotFound, NotAvailableYet
@@ -39,11 +38,6 @@ NOT_YET = "Image is not available yet. Please try again later."
 ROW_ID = "<int(min=1, max=9223372036854775807):image_id>"
 #: The one image of a row's job.
 IMAGE = file_name(0, TextToImage.file_suffix)
-
-
-def _responses(ok_status: int, ok: Any, *errors: int) -> Response:
-    codes = {f"HTTP_{code}": ErrorResponse for code in sorted({401, *errors})}
-    return Response(validate=False, **{f"HTTP_{ok_status}": ok}, **codes)
 
 
 def image_job(image_id: int) -> Job:
@@ -88,7 +82,7 @@ def _submit(body: ImageGenerationInput):
 @generated_images.post("/generated-images")
 @spec.validate(
     body=ImageGenerationInput,
-    resp=_responses(201, GeneratedImageRead, 400, 404, 409, 413, 415, 422, 503),
+    resp=responses(GeneratedImageRead, 400, 404, 409, 413, 415, 422, 503, status=201),
     tags=["text to image"],
 )
 def create_generated_image():
@@ -105,14 +99,14 @@ def create_generated_image():
 
 
 @generated_images.get(f"/generated-images/{ROW_ID}")
-@spec.validate(resp=_responses(200, GeneratedImageRead, 404, 503), tags=["text to image"])
+@spec.validate(resp=responses(GeneratedImageRead, 404, 503), tags=["text to image"])
 def get_generated_image(image_id: int):
     """The book's `GET /generated-images/{id}`: the row, `progress` rising to 100."""
     return jsonify(row(image_job(image_id)))
 
 
 @generated_images.get(f"/generated-images/{ROW_ID}/url")
-@spec.validate(resp=_responses(200, ImageURL, 400, 404, 503), tags=["text to image"])
+@spec.validate(resp=responses(ImageURL, 400, 404, 503), tags=["text to image"])
 def get_generated_image_url(image_id: int):
     """The book's `GET /generated-images/{id}/url`: the image's URL, or 400 until it is stored.
 
@@ -138,7 +132,7 @@ def get_generated_image_url(image_id: int):
 @generated_images.post("/image-generation")
 @spec.validate(
     body=ImageGenerationInput,
-    resp=_responses(202, ImageGenerationOutput, 400, 404, 409, 413, 415, 422, 503),
+    resp=responses(ImageGenerationOutput, 400, 404, 409, 413, 415, 422, 503, status=202),
     tags=["text to image"],
 )
 def image_generation():

@@ -50,8 +50,9 @@ class _Backend(FlaskBackend):
 spec = FlaskPydanticSpec("flask", backend=_Backend, title=API_TITLE, version=API_VERSION, path="apidoc")
 
 
-def responses(ok, *errors: int) -> Response:
-    """A route's documented responses: its 200 model and the error codes it can answer."""
+def responses(ok, *errors: int, status: int = 200) -> Response:
+    """A route's documented responses: its success model (``status``, 200 by
+    default) and the error codes it can answer."""
     from api.schemas import ErrorResponse
 
     # Any route may answer 401 once API keys are set: which routes stay public
@@ -59,7 +60,7 @@ def responses(ok, *errors: int) -> Response:
     codes = {f"HTTP_{code}": ErrorResponse for code in sorted({401, *errors})}
     # Responses are built by our own code from our own models; validating them
     # again on every request costs time and proves nothing new.
-    return Response(HTTP_200=ok, validate=False, **codes)
+    return Response(validate=False, **{f"HTTP_{status}": ok}, **codes)
 
 
 def openapi_document(app: Flask) -> dict[str, Any]:

@@ -9,7 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -283,3 +286,43 @@ class S3Server(Process):
     def settings_env(self) -> dict[str, str]:
         """The settings that send job results to this server."""
         return {**self.ENV, "SERVE_S3_BUCKET": self.bucket, "SERVE_S3_ENDPOINT_URL": self.url}
+
+
+@dataclass
+class JobStack:
+    """A Gunicorn and a job worker on one job backend: ``embedded`` (SQLite
+    and disk under ``tmp``) or ``redis+s3`` (a redis-server and a moto S3
+    server of their own). Tests may replace ``worker``; the one there at the
+    end is stopped."""
+
+    backend: str
+    server: GunicornServer
+    worker: JobWorker
+    s3: "S3Server | None" = None
+    extra: list[Process] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @classmethod
+    @contextmanager
+    def running(cls, backend: str, tmp: Path, env: dict[str, str]) -> Iterator["JobStack"]:
+        """The stack (of the subclass it is called on), stopped on exit."""
+        env = {**env, "SERVE_JOBS_DIR": str(tmp / "jobs")}
+        extra: list[Process] = []
+        s3 = None
+        if backend == "redis+s3":
+            redis_server = RedisServer(tmp).start()
+            s3 = S3Server(tmp).start()
+            extra = [redis_server, s3]
+            env.update({"REDIS_URL": redis_server.url, **s3.settings_env()})
+        server = GunicornServer(tmp, env=env).start()
+        stack = cls(backend, server, JobWorker(server).start(), s3, extra)
+        try:
+            yield stack
+        finally:
+            stack.worker.stop()
+            server.stop()
+            for process in extra:
+                process.stop()

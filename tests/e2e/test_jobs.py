@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import textwrap
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import requests
 
 from serving.settings import REPO_ROOT
 from tests.conftest import b64, jpeg_bytes
-from tests.e2e.server import GunicornServer, JobWorker, Process, RedisServer, S3Server, wait_for
+from tests.e2e.server import GunicornServer, JobStack, JobWorker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,18 +34,7 @@ def texts(count: int, seed: int = 0) -> list[str]:
     ]
 
 
-@dataclass
-class Stack:
-    backend: str
-    server: GunicornServer
-    worker: JobWorker
-    s3: S3Server | None = None
-    extra: list[Process] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
+class Stack(JobStack):
     def submit(self, inputs: list[str], **headers: str) -> requests.Response:
         return requests.post(f"{self.url}/v1/jobs", json={"model": "sentiment", "inputs": inputs},
                              headers=headers, timeout=30)
@@ -94,27 +82,13 @@ def stack(request, tmp_path_factory):
     env = {
         "SERVE_MODEL_REPOSITORY": str(REPO_ROOT / "models"),
         "SERVE_MODELS": "sentiment,faces",
-        "SERVE_JOBS_DIR": str(tmp / "jobs"),
         "SERVE_JOB_BATCH_SIZE": str(BATCH),
         "SERVE_JOB_HEARTBEAT_S": "0.5",
         "SERVE_JOB_VISIBILITY_TIMEOUT_S": "3",
         "WORKERS": "2",
     }
-    extra: list[Process] = []
-    s3 = None
-    if backend == "redis+s3":
-        redis_server = RedisServer(tmp).start()
-        s3 = S3Server(tmp).start()
-        extra = [redis_server, s3]
-        env.update({"REDIS_URL": redis_server.url, **s3.settings_env()})
-    server = GunicornServer(tmp, env=env).start()
-    worker = JobWorker(server).start()
-    built = Stack(backend, server, worker, s3, extra)
-    yield built
-    built.worker.stop()
-    server.stop()
-    for process in extra:
-        process.stop()
+    with Stack.running(backend, tmp, env) as built:
+        yield built
 
 
 def test_500_texts_progress_rises_and_results_equal_the_synchronous_answers(stack):

@@ -16,20 +16,12 @@ import requests
 from PIL import Image
 
 from serving.settings import REPO_ROOT
-from tests.e2e.server import GunicornServer, JobWorker, Process, RedisServer, S3Server, wait_for
+from tests.e2e.server import JobStack, JobWorker, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-class Stack:
-    def __init__(self, backend: str, server: GunicornServer, worker: JobWorker, s3: S3Server | None,
-                 extra: list[Process]) -> None:
-        self.backend, self.server, self.worker, self.s3, self.extra = backend, server, worker, s3, extra
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
+class Stack(JobStack):
     def create(self, **body) -> dict:
         r = requests.post(f"{self.url}/generated-images", json=body, timeout=30)
         assert r.status_code == 201, r.text
@@ -68,26 +60,12 @@ def stack(request, tmp_path_factory):
     env = {
         "SERVE_MODEL_REPOSITORY": str(REPO_ROOT / "models"),
         "SERVE_MODELS": "tiny-diffusion",
-        "SERVE_JOBS_DIR": str(tmp / "jobs"),
         "SERVE_JOB_HEARTBEAT_S": "0.5",
         "SERVE_JOB_VISIBILITY_TIMEOUT_S": "3",
         "WORKERS": "2",
     }
-    extra: list[Process] = []
-    s3 = None
-    if backend == "redis+s3":
-        redis_server = RedisServer(tmp).start()
-        s3 = S3Server(tmp).start()
-        extra = [redis_server, s3]
-        env.update({"REDIS_URL": redis_server.url, **s3.settings_env()})
-    server = GunicornServer(tmp, env=env).start()
-    worker = JobWorker(server).start()
-    built = Stack(backend, server, worker, s3, extra)
-    yield built
-    built.worker.stop()
-    server.stop()
-    for process in extra:
-        process.stop()
+    with Stack.running(backend, tmp, env) as built:
+        yield built
 
 
 def test_progress_rises_through_the_steps_then_the_url_gives_a_png_of_the_asked_size(stack):
