@@ -19,7 +19,7 @@ TINY_DIFFUSION := models/tiny-diffusion/pipeline/model_index.json
 NODE_STAMP := postman/node_modules/.installed
 COLLECTION := var/postman/serve-http.postman_collection.json
 
-.PHONY: install models serve worker test test-fast browser redis systemd postman bench bench-jobs bench-t2i openapi settings-table clean
+.PHONY: install models serve worker test test-fast browser redis systemd postman bench bench-jobs bench-t2i bench-tracing openapi settings-table clean
 
 # The runtime requirements: what `make serve` needs.
 $(STAMP): requirements.txt requirements-nodeps.txt
@@ -120,6 +120,11 @@ bench-jobs: $(DEV_STAMP) models redis
 # Text to image: ms per denoising step of the tiny pipeline, and a job's cost beside it; a minute.
 bench-t2i: $(STAMP) $(TINY_DIFFUSION)
 	$(BIN)/python bench/text_to_image.py
+
+# Tracing's cost: tracing off, on at 10 %, on for all, c1 and c16 in one run; two minutes.
+bench-tracing: $(DEV_STAMP) $(SENTIMENT)
+	command -v wrk >/dev/null || scripts/apt-install.sh wrk
+	$(BIN)/python bench/tracing.py
 
 # Soak: 10 minutes of mixed traffic on Gunicorn (5 workers, recycling on) and a
 # job worker; prints PSS, errors and p99 drift (README: Benchmark). Shorter:

@@ -11,6 +11,8 @@ pages copy-on-write. The hooks keep that true and keep torch safe under fork:
   to (and so copy) every shared object's header;
 - torch intra-op threads are set per worker after fork so that
   workers x threads never exceeds the cores;
+- traces (``serving/tracing.py``, when ``OTEL_*`` asks for them) start in
+  each worker after fork and are flushed when it exits;
 - Prometheus multiprocess mode: the folder is set and wiped here, when this
   file is read, because ``preload_app`` builds the app (and its metrics)
   before ``on_starting`` runs; ``child_exit`` marks a worker dead and folds
@@ -29,7 +31,7 @@ _settings = load_settings_on_reload()
 multiprocess.prepare(_settings.metrics_path())
 control.prepare(_settings.control_path())
 
-from serving import logs  # noqa: E402 - after the metrics folder is set
+from serving import logs, tracing  # noqa: E402 - after the metrics folder is set
 from serving.threads import set_compute_threads  # noqa: E402
 from serving.reading import ReadLimits  # noqa: E402
 from serving.worker import SheddingThreadWorker, raise_open_files  # noqa: E402
@@ -125,6 +127,12 @@ def post_fork(server, worker) -> None:
     threads_per_worker = _settings.torch_threads_per_worker()
     set_compute_threads(threads_per_worker)
     server.log.info("worker %s: %d compute thread(s)", worker.pid, threads_per_worker)
+    # Traces, if OTEL_* asks: a provider (and its exporter thread) per worker, never in the master.
+    tracing.start("web")
+
+
+def worker_exit(server, worker) -> None:
+    tracing.stop()  # what is buffered leaves before the worker does
 
 
 def child_exit(server, worker) -> None:

@@ -30,6 +30,7 @@ from adapters.base import ModelAdapter, ModelInfo, one_line
 from adapters.loading import adapter_class
 from adapters.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_checksums
 from serving.batching import BatchConfig, MicroBatcher, run_unbatched
+from serving import tracing
 from serving.cache import NullCache, PredictionCache
 from serving.errors import Conflict, JobsOnly, ModelLoadError, ModelNotFound, NotReady, WrongTask
 from serving.metrics import ModelMetrics
@@ -468,9 +469,10 @@ class Predictor:
         """Validate the parameters, then decode every input: one bad input fails
         the request before any compute. ``field`` names input ``i`` in errors."""
         adapter, found = self.model(name, task)
-        params = found.parameters(parameters)
-        limits = self.limits
-        decoded = [found.decode(item, params, limits, field.format(i=i)) for i, item in enumerate(items)]
+        with tracing.span("decode", {"serve.model": name, "serve.inputs": len(items)}):
+            params = found.parameters(parameters)
+            limits = self.limits
+            decoded = [found.decode(item, params, limits, field.format(i=i)) for i, item in enumerate(items)]
         return ModelInputs(adapter, found, decoded, params)
 
     def predict(
@@ -499,12 +501,15 @@ class Predictor:
         keys = [digest(adapter.name, version, item.key, options) for item in items]
         results: list[Any] = [None] * len(items)
         missing: list[int] = []
-        for i, key in enumerate(keys):
-            hit = self._cache_get(key)
-            if hit is None:
-                missing.append(i)
-            else:
-                results[i] = task.load(hit)
+        with tracing.span("cache lookup", {"serve.model": adapter.name, "serve.inputs": len(items)}) as span:
+            for i, key in enumerate(keys):
+                hit = self._cache_get(key)
+                if hit is None:
+                    missing.append(i)
+                else:
+                    results[i] = task.load(hit)
+            if span is not None:
+                span.set_attributes({"serve.cache.hits": len(items) - len(missing), "serve.cache.misses": len(missing)})
         if missing:
             computed = self._compute(route, [items[i] for i in missing], parameters, timeout)
             for i, result in zip(missing, computed):
@@ -550,7 +555,7 @@ class Predictor:
         if task.jobs_only and adapter.name in self.registry.inspected:
             run = partial(_jobs_only, adapter.name)
         elif fan_out is not None:  # an ensemble: never batched itself, its members batch on their own
-            run = run_unbatched(partial(fan_out, self.call_member, self.timeout), observer)
+            run = run_unbatched(partial(fan_out, self.call_member, self.timeout), observer, adapter.name)
         elif self.batching:
             spec = adapter.manifest.batching
             config = BatchConfig(
@@ -562,7 +567,7 @@ class Predictor:
             )
             run = MicroBatcher(adapter.predict, config, adapter.name, observer).submit
         else:
-            run = run_unbatched(adapter.predict, observer)
+            run = run_unbatched(adapter.predict, observer, adapter.name)
         return _Route(
             model=adapter,
             run=run,

@@ -57,8 +57,9 @@ from serving.errors import (
     WrongTask,
     error_body,
 )
-from serving import metrics
-from serving.logs import ENV_ROUTE, REQUEST_ID, request_id_for
+from serving import metrics, tracing
+from serving.exemplars import EXEMPLARS
+from serving.logs import ENV_MODEL, ENV_ROUTE, ENV_TRACE_ID, REQUEST_ID, request_id_for
 from serving.schedule import Schedule
 from serving.settings import Settings, load_settings
 from tasks import Limits
@@ -215,6 +216,10 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         request.environ[ENV_ROUTE] = g.route
         g.in_progress = metrics.IN_PROGRESS.labels(g.route)
         g.in_progress.inc()
+        if tracing.ENABLED:
+            g.span, g.span_token, request.environ[ENV_TRACE_ID] = tracing.begin_request(
+                request.headers, request.method, g.route, request.path, g.request_id
+            )
 
     install_auth(app, settings)
     install_cors(app, settings)
@@ -242,7 +247,13 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         route = g.get("route")
         if route is not None:
             metrics.REQUESTS.labels(route, request.method, f"{response.status_code // 100}xx").inc()
-            metrics.REQUEST_DURATION.labels(route, request.method).observe(time.perf_counter() - g.started)
+            seconds = time.perf_counter() - g.started
+            metrics.REQUEST_DURATION.labels(route, request.method).observe(seconds)
+            span = g.get("span")
+            if span is not None:
+                g.status = response.status_code
+                if span.is_recording():
+                    EXEMPLARS.observe(metrics.REQUEST_DURATION, (route, request.method), seconds, span.get_span_context())
         return response
 
     @app.teardown_request
@@ -250,6 +261,10 @@ def _install_hooks(app: Flask, settings: Settings) -> None:
         in_progress = g.get("in_progress")
         if in_progress is not None:
             in_progress.dec()
+        span = g.get("span")
+        if span is not None:
+            g.span = None
+            tracing.end_request(span, g.span_token, g.get("status"), request.environ.get(ENV_MODEL), error)
         token = g.get("request_id_token")
         if token is not None:
             try:

@@ -41,9 +41,11 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 import orjson
 import urllib3
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adapters.base import ModelAdapter, one_line
+from serving import tracing
 from serving.errors import DeadlineExceeded, ModelLoadError, UpstreamFailed
 from tasks import (
     IMAGE_CLASSIFICATION,
@@ -228,13 +230,19 @@ class Ensemble(ModelAdapter):
         if member.api_key_env:
             headers["Authorization"] = f"Bearer {os.environ[member.api_key_env]}"
         left = max(0.001, deadline - time.monotonic())
-        try:
-            response = self._http.request(
-                "POST", url, body=orjson.dumps(body), headers=headers,
-                timeout=urllib3.Timeout(connect=left, read=left), retries=False,
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise UpstreamFailed(f"{name}: {type(exc).__name__}") from None
+        attributes = {"http.request.method": "POST", "server.address": urllib3.util.parse_url(base).host or "",
+                      "serve.member": name, "serve.inputs": len(items)}
+        with tracing.span(f"POST {name}", attributes, SpanKind.CLIENT) as span:
+            tracing.inject(headers)  # the member continues this trace
+            try:
+                response = self._http.request(
+                    "POST", url, body=orjson.dumps(body), headers=headers,
+                    timeout=urllib3.Timeout(connect=left, read=left), retries=False,
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                raise UpstreamFailed(f"{name}: {type(exc).__name__}") from None
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status)
         if response.status != 200:
             raise UpstreamFailed(f"{name}: HTTP {response.status} {_error_message(response.data)}")
         try:

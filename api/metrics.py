@@ -74,5 +74,5 @@ def metrics():
             log.warning("job figures not read: %s: %s", type(error).__name__, error)
             figures = None
         extra.append(JobGauges(figures))
-    body, content_type = exposition(extra)
+    body, content_type = exposition(extra, request.headers.get("Accept", ""))
     return Response(body, content_type=content_type)

@@ -44,7 +44,9 @@ class Job:
     in the order of submission (1, 2, ...), never reused: the small id of
     routes that show one (``/generated-images/{id}``). ``summary`` keeps what
     such a route shows of the request after the inputs are dropped (a
-    finished job's are): None for other jobs.
+    finished job's are): None for other jobs. ``trace_context`` holds the
+    submitting request's W3C ``traceparent`` (and ``tracestate``) when tracing
+    is on, so that the worker's spans join that request's trace.
     """
 
     id: str
@@ -68,6 +70,7 @@ class Job:
     steps_done: int = 0
     number: int = 0
     summary: dict[str, Any] | None = None
+    trace_context: dict[str, str] | None = None
 
     @property
     def batches(self) -> int:
@@ -101,6 +104,25 @@ class WorkerBeats:
 
     alive: int  # running workers whose last heartbeat is newer than the cutoff asked for
     last: float | None  # the newest heartbeat (or stop) of any worker kept (a day), None if none
+
+
+@dataclass
+class ModelQueue:
+    """One model's active jobs, as ``/metrics`` reports them."""
+
+    queued: int = 0
+    running: int = 0
+    queued_inputs: int = 0
+    oldest_queued_at: float | None = None  # created_at of its oldest queued job
+
+    def add(self, status: str, total: int, created_at: float) -> None:
+        if status == QUEUED:
+            self.queued += 1
+            self.queued_inputs += total
+            if self.oldest_queued_at is None or created_at < self.oldest_queued_at:
+                self.oldest_queued_at = created_at
+        elif status == RUNNING:
+            self.running += 1
 
 
 class JobStore(Protocol):
@@ -154,6 +176,10 @@ class JobStore(Protocol):
 
     def counts(self) -> dict[str, int]:
         """Jobs by status (every status, zeros included), and ``lost`` as the last sweep counted it."""
+
+    def active(self) -> dict[str, "ModelQueue"]:
+        """The queued and running jobs of each model that has any: read over the
+        active jobs only (the queue), never over the retained finished ones."""
 
     def set_lost(self, count: int) -> None:
         """Record how many lost jobs (a trace in result storage, no record) the sweep found."""

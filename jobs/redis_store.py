@@ -5,7 +5,9 @@ holds the ids a worker is running (the stale-job sweep reads it) and
 ``<ns>:finished`` the finished ones by finish time (retention). Every state
 change is one Lua script, so it is atomic however many processes race, and
 each one moves the job between the per-status counters of the ``<ns>:counts``
-hash, so that counting jobs by status is one HGETALL, not a scan.
+hash, so that counting jobs by status is one HGETALL, not a scan;
+``<ns>:queued`` holds the queued ids by creation time, so that the active
+jobs (``active``: queued and running) are read without a scan of the retained ones.
 ``<ns>:workers`` holds each running job worker's last heartbeat (a sorted set
 by time), ``<ns>:workers:stopped`` the same of the workers that stopped on purpose.
 
@@ -23,7 +25,7 @@ from typing import Any, Sequence
 
 import redis
 
-from jobs.records import LOST, STATES, WORKER_KEPT_S, Created, Job, WorkerBeats, now
+from jobs.records import LOST, STATES, WORKER_KEPT_S, Created, Job, ModelQueue, WorkerBeats, now
 from serving.errors import JobBackendVolatile
 
 log = logging.getLogger("jobs.redis_store")
@@ -33,11 +35,11 @@ log = logging.getLogger("jobs.redis_store")
 RECHECK_REFUSAL_S = 5.0
 
 _INT = ("total", "batch_size", "done", "computed", "attempt", "steps_total", "steps_done", "number")
-_JSON = ("parameters", "summary")
+_JSON = ("parameters", "summary", "trace_context")
 _FLOAT = ("created_at", "started_at", "finished_at", "heartbeat_at")
 
-# KEYS: job hash, inputs, idempotency key (or ""), counts, number counter, number prefix;
-# ARGV: job id, inputs JSON, then field/value pairs. Returns the earlier job's id
+# KEYS: job hash, inputs, idempotency key (or ""), counts, number counter, number prefix, queued zset;
+# ARGV: job id, inputs JSON, created_at, then field/value pairs. Returns the earlier job's id
 # (a replayed idempotency key) or the new job's number.
 _CREATE = """
 if KEYS[3] ~= '' then
@@ -46,17 +48,19 @@ if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], ARGV[1])
 end
 local number = redis.call('INCR', KEYS[5])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('HSET', KEYS[1], 'number', number)
 redis.call('SET', KEYS[6] .. number, ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
+redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
 return number
 """
 
-# KEYS: job hash, running set, counts; ARGV: id, now.
+# KEYS: job hash, running set, counts, queued zset; ARGV: id, now.
 _CLAIM = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+redis.call('ZREM', KEYS[4], ARGV[1])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 if redis.call('HGET', KEYS[1], 'started_at') == '' then redis.call('HSET', KEYS[1], 'started_at', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'status', 'running', 'heartbeat_at', ARGV[2])
@@ -66,7 +70,7 @@ redis.call('HINCRBY', KEYS[3], 'running', 1)
 return attempt
 """
 
-# KEYS: job hash, running set, finished zset, inputs, counts; ARGV: id, attempt, action, now, values...
+# KEYS: job hash, running set, finished zset, inputs, counts, queued zset; ARGV: id, attempt, action, now, values...
 _OWNED = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
   return 0
@@ -87,18 +91,20 @@ elseif action == 'finish' then
 elseif action == 'release' then
   redis.call('HSET', KEYS[1], 'status', 'queued')
   redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[6], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
   redis.call('HINCRBY', KEYS[5], 'running', -1)
   redis.call('HINCRBY', KEYS[5], 'queued', 1)
 end
 return 1
 """
 
-# KEYS: job hash, running set, finished zset, inputs, counts; ARGV: id, now.
+# KEYS: job hash, running set, finished zset, inputs, counts, queued zset; ARGV: id, now.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2])
   redis.call('SREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[6], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
   redis.call('DEL', KEYS[4])
   redis.call('HINCRBY', KEYS[5], status, -1)
@@ -107,7 +113,7 @@ end
 return status
 """
 
-# KEYS: job hash, running set, finished zset, counts; ARGV: id, cutoff, max attempts, now.
+# KEYS: job hash, running set, finished zset, counts, queued zset; ARGV: id, cutoff, max attempts, now.
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   redis.call('SREM', KEYS[2], ARGV[1])
@@ -125,12 +131,13 @@ if attempt >= tonumber(ARGV[3]) then
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('ZADD', KEYS[5], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
 redis.call('HINCRBY', KEYS[4], 'running', -1)
 redis.call('HINCRBY', KEYS[4], 'queued', 1)
 return 'requeued'
 """
 
-# KEYS: job hash, inputs, running set, finished zset, counts; ARGV: id, idempotency key prefix, number prefix.
+# KEYS: job hash, inputs, running set, finished zset, counts, queued zset; ARGV: id, idempotency key prefix, number prefix.
 _DISCARD = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -141,6 +148,7 @@ if number then redis.call('DEL', ARGV[3] .. number) end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HINCRBY', KEYS[5], status, -1)
 return status
 """
@@ -174,6 +182,10 @@ class RedisJobStore:
     @property
     def _finished(self) -> str:
         return f"{self.ns}:finished"
+
+    @property
+    def _queued(self) -> str:
+        return f"{self.ns}:queued"
 
     @property
     def _counts(self) -> str:
@@ -216,8 +228,8 @@ class RedisJobStore:
     def create(self, job: Job, inputs: Sequence[Any]) -> Created:
         outcome = self._create(
             keys=[self._key(job.id), self._key(job.id) + ":inputs", self._idempotency(job.idempotency_key), self._counts,
-                  f"{self.ns}:numbers", self._numbers],
-            args=[job.id, json.dumps(list(inputs)), *self._encode(job)],
+                  f"{self.ns}:numbers", self._numbers, self._queued],
+            args=[job.id, json.dumps(list(inputs)), repr(job.created_at), *self._encode(job)],
         )
         if isinstance(outcome, str):
             previous = self.get(outcome)
@@ -238,11 +250,12 @@ class RedisJobStore:
         return json.loads(data) if data else []
 
     def claim(self, job_id: str) -> int | None:
-        attempt = self._claim(keys=[self._key(job_id), self._running, self._counts], args=[job_id, repr(now())])
+        attempt = self._claim(keys=[self._key(job_id), self._running, self._counts, self._queued], args=[job_id, repr(now())])
         return int(attempt) if attempt else None
 
     def _owned_call(self, job_id: str, attempt: int, action: str, *values: Any) -> bool:
-        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs", self._counts]
+        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs", self._counts,
+                self._queued]
         args = [job_id, attempt, action, repr(now()), *("" if v is None else v for v in values)]
         return bool(self._owned(keys=keys, args=args))
 
@@ -260,7 +273,8 @@ class RedisJobStore:
         return self._owned_call(job_id, attempt, "release")
 
     def cancel(self, job_id: str) -> Job | None:
-        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs", self._counts]
+        keys = [self._key(job_id), self._running, self._finished, self._key(job_id) + ":inputs", self._counts,
+                self._queued]
         self._cancel(keys=keys, args=[job_id, repr(now())])
         return self.get(job_id)
 
@@ -269,7 +283,7 @@ class RedisJobStore:
         failed: list[str] = []
         for job_id in self.redis.smembers(self._running):
             outcome = self._requeue(
-                keys=[self._key(job_id), self._running, self._finished, self._counts],
+                keys=[self._key(job_id), self._running, self._finished, self._counts, self._queued],
                 args=[job_id, repr(cutoff), max_attempts, repr(now())],
             )
             if outcome == "requeued":
@@ -280,7 +294,8 @@ class RedisJobStore:
 
     def discard(self, job_id: str) -> None:
         self._discard(
-            keys=[self._key(job_id), self._key(job_id) + ":inputs", self._running, self._finished, self._counts],
+            keys=[self._key(job_id), self._key(job_id) + ":inputs", self._running, self._finished, self._counts,
+                  self._queued],
             args=[job_id, self._idempotency(""), self._numbers],
         )
 
@@ -302,6 +317,20 @@ class RedisJobStore:
         # a record have gone another way (a key evicted under maxmemory).
         stored = self.redis.hgetall(self._counts)
         return {name: max(0, int(stored.get(name, 0))) for name in (*STATES, LOST)}
+
+    def active(self) -> dict[str, ModelQueue]:
+        pipe = self.redis.pipeline()  # MULTI: no job in both or neither
+        pipe.zrange(self._queued, 0, -1)
+        pipe.smembers(self._running)
+        queued, running = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in dict.fromkeys([*queued, *running]):
+            pipe.hmget(self._key(job_id), "model", "status", "total", "created_at")
+        found: dict[str, ModelQueue] = {}
+        for model, status, total, created_at in pipe.execute():
+            if model is not None:  # a job that went on meanwhile counts where its record says
+                found.setdefault(model, ModelQueue()).add(status, int(total), float(created_at))
+        return found
 
     def set_lost(self, count: int) -> None:
         self.redis.hset(self._counts, LOST, count)

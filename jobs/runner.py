@@ -3,7 +3,8 @@ attempt saved, run the rest through the model in batches, save each batch's
 results (and files) and the progress, and stop between batches when the job
 was cancelled or taken over. A model that reports steps (a diffusion
 pipeline) has its steps saved as progress while it runs, and is stopped
-between two steps the same way."""
+between two steps the same way. With tracing on, the attempt's spans (queued,
+run, each batch, done) continue the trace of the request that submitted it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
+from opentelemetry.trace import SpanKind
 
 from adapters.progress import Stopped, reporting
 from jobs.inference import run_batch
 from jobs.records import CANCELLED, FAILED, SUCCEEDED, Job, JobStore
 from jobs.results import ResultStorage, file_name
 from predict import Predictor
+from serving import metrics, tracing
 from serving.errors import ServeError
 
 log = logging.getLogger("jobs.runner")
@@ -95,6 +98,23 @@ class JobRunner:
         if job is None:
             return
         log.info("job %s: attempt %d, %d inputs to %s", job_id, attempt, job.total, job.model)
+        attributes = {"serve.job.id": job_id, "serve.model": job.model, "serve.job.inputs": job.total}
+        if attempt == 1:  # a retry's wait began when the last attempt was given up, which no record keeps
+            tracing.interval(job.trace_context or {}, "job queued", job.created_at, time.time(), attributes)
+        with tracing.continued(job.trace_context, "job run", {**attributes, "serve.job.attempt": attempt},
+                               SpanKind.CONSUMER) as span:
+            try:
+                status = self._attempt(job, attempt)
+            except BaseException:
+                metrics.JOB_ATTEMPTS.labels(job.model, "handed_back").inc()
+                raise
+            metrics.JOB_ATTEMPTS.labels(job.model, status).inc()
+            if span is not None:
+                span.set_attribute("serve.job.status", status)
+
+    def _attempt(self, job: Job, attempt: int) -> str:
+        """Run one attempt of a claimed job; what became of it."""
+        job_id = job.id
         try:
             with Heartbeat(self.store, job_id, attempt, self.heartbeat_s):
                 if self.results.has_result(job_id):
@@ -104,16 +124,22 @@ class JobRunner:
                     finished = self._run_batches(job, attempt)
                     if finished:
                         # Joining the parts takes a while in object storage: still beating.
-                        self.results.finalize(job_id, job.batches)
+                        with tracing.span("job done", {"serve.job.id": job_id, "serve.job.batches": job.batches}):
+                            self.results.finalize(job_id, job.batches)
             if finished and self.store.finish(job_id, attempt, SUCCEEDED):
                 log.info("job %s: succeeded", job_id)
-            elif (current := self.store.get(job_id)) is not None and current.status == CANCELLED:
+                return SUCCEEDED
+            if (current := self.store.get(job_id)) is not None and current.status == CANCELLED:
                 self.results.delete(job_id)
+                return CANCELLED
+            return "taken_over"
         except ServeError as error:  # the model refused the job (gone, wrong task ...)
             self.store.finish(job_id, attempt, FAILED, error.code, error.message)
+            return FAILED
         except Exception as error:
             log.exception("job %s failed", job_id)
             self.store.finish(job_id, attempt, FAILED, "internal_error", f"the worker failed: {type(error).__name__}")
+            return FAILED
         except BaseException:
             # Shutdown (SIGTERM, Ctrl-C): hand the job back at once instead of
             # leaving it for the stale sweep; the saved batches are kept.
@@ -143,14 +169,21 @@ class JobRunner:
                 self.results.write_file(job.id, name, data)
                 return name
 
+            started = time.perf_counter()
             try:
-                with reporting(StepProgress(self.store, job, attempt, done, steps)):
+                with tracing.span("job batch", {"serve.job.batch.index": index, "serve.batch.size": hi - lo}), \
+                        reporting(StepProgress(self.store, job, attempt, done, steps)):
                     rows = run_batch(self.predictor, job.model, inputs[lo:hi], job.parameters, save)
             except Stopped:
                 log.info("job %s: cancelled or taken over during input %d/%d", job.id, done + 1, job.total)
                 return False
             data = b"".join(orjson.dumps({"index": lo + i, **row}) + b"\n" for i, row in enumerate(rows))
             self.results.write_part(job.id, index, data)
+            failed = sum(1 for row in rows if "error" in row)
+            metrics.JOB_INPUTS.labels(job.model, "ok").inc(len(rows) - failed)
+            if failed:
+                metrics.JOB_INPUTS.labels(job.model, "failed").inc(failed)
+            metrics.JOB_BATCH_DURATION.labels(job.model).observe(time.perf_counter() - started)
             done, steps = done + hi - lo, steps + sum(units[lo:hi])
             if not self.store.progress(job.id, attempt, done, hi - lo, steps):
                 log.info("job %s: cancelled or taken over at %d/%d", job.id, done, job.total)

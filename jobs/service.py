@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
 
 import redis
+from opentelemetry.trace import SpanKind
 from botocore.exceptions import BotoCoreError, ClientError
 
 from jobs.backends import Backends, build_backends
@@ -39,6 +40,7 @@ from serving.errors import (
     NoJobWorker,
     NotReady,
 )
+from serving import tracing
 from serving.settings import Settings
 from utils_serve import digest
 
@@ -134,11 +136,14 @@ class JobService:
 
     def figures(self) -> dict[str, Any]:
         """What ``/metrics`` reports of jobs: workers alive, queue depth, jobs by
-        status; raises what the backend raises when it is down."""
+        status, and each model's active jobs (``ModelQueue``); raises what the
+        backend raises when it is down."""
         return {
             "workers_alive": self.store.workers(now() - self.alive_s).alive,
             "queue_depth": self.backends.queue.depth(),
             "jobs": self.store.counts(),
+            "models": self.store.active(),
+            "now": now(),
         }
 
     def _check_durable(self) -> None:
@@ -188,6 +193,15 @@ class JobService:
         with backend_call("store"):
             self._check_durable()
             self._require_worker()
+        attributes = {"serve.model": model, "serve.job.inputs": len(inputs)}
+        with tracing.span("job submit", attributes, SpanKind.PRODUCER) as span:
+            outcome = self._submit(model, inputs, parameters, idempotency_key, batch_size, steps_total, summary)
+            if span is not None:
+                span.set_attributes({"serve.job.id": outcome.job.id, "serve.job.created": outcome.created})
+            return outcome
+
+    def _submit(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any], idempotency_key: str | None,
+                batch_size: int | None, steps_total: int, summary: dict[str, Any] | None) -> Created:
         body_digest = digest(json.dumps([model, list(inputs), parameters], sort_keys=True))
         job = Job(
             id=new_job_id(),
@@ -199,6 +213,7 @@ class JobService:
             summary=summary,
             idempotency_key=idempotency_key,
             body_digest=body_digest,
+            trace_context=tracing.carrier() or None,  # the worker's spans continue this one
         )
         with backend_call("store"):
             outcome = self.store.create(job, inputs)

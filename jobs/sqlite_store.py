@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from jobs.records import (
-    ACTIVE, CANCELLED, FAILED, LOST, QUEUED, RUNNING, STATES, WORKER_KEPT_S, Created, Job, WorkerBeats, now,
+    ACTIVE, CANCELLED, FAILED, LOST, QUEUED, RUNNING, STATES, WORKER_KEPT_S, Created, Job, ModelQueue, WorkerBeats, now,
 )
 
 _SCHEMA = """
@@ -36,7 +36,8 @@ create table if not exists jobs (
     steps_total integer not null default 0,
     steps_done integer not null default 0,
     number integer not null default 0,
-    summary text
+    summary text,
+    trace_context text
 );
 create index if not exists jobs_status on jobs (status, heartbeat_at);
 create index if not exists jobs_finished on jobs (finished_at);
@@ -59,6 +60,7 @@ _COLUMNS = (
     "id", "model", "total", "batch_size", "parameters", "status", "done", "computed", "attempt",
     "created_at", "started_at", "finished_at", "heartbeat_at", "error_code", "error_message",
     "idempotency_key", "body_digest", "steps_total", "steps_done", "number", "summary",
+    "trace_context",
 )
 # Columns added since the first release: a jobs.db made before gets them on open.
 _ADDED = {
@@ -66,6 +68,7 @@ _ADDED = {
     "steps_done": "integer not null default 0",
     "number": "integer not null default 0",
     "summary": "text",
+    "trace_context": "text",
 }
 
 
@@ -124,12 +127,14 @@ class SqliteJobStore:
         values = dict(row)
         values["parameters"] = json.loads(values["parameters"])
         values["summary"] = json.loads(values["summary"]) if values["summary"] else None
+        values["trace_context"] = json.loads(values["trace_context"]) if values["trace_context"] else None
         return Job(**values)
 
     def create(self, job: Job, inputs: Sequence[Any]) -> Created:
         record = job.as_dict()
         record["parameters"] = json.dumps(job.parameters)
         record["summary"] = json.dumps(job.summary) if job.summary is not None else None
+        record["trace_context"] = json.dumps(job.trace_context) if job.trace_context else None
         with self._write() as conn:
             if job.idempotency_key is not None:
                 row = conn.execute(
@@ -262,6 +267,21 @@ class SqliteJobStore:
         row = self._conn.execute("select value from job_stats where name = ?", (LOST,)).fetchone()
         counts[LOST] = row["value"] if row else 0
         return counts
+
+    def active(self) -> dict[str, ModelQueue]:
+        found: dict[str, ModelQueue] = {}
+        rows = self._conn.execute(
+            "select model, status, count(*) as jobs, sum(total) as inputs, min(created_at) as oldest"
+            " from jobs where status in (?, ?) group by model, status",
+            ACTIVE,
+        )
+        for row in rows:
+            queue = found.setdefault(row["model"], ModelQueue())
+            if row["status"] == QUEUED:
+                queue.queued, queue.queued_inputs, queue.oldest_queued_at = row["jobs"], row["inputs"], row["oldest"]
+            else:
+                queue.running = row["jobs"]
+        return found
 
     def set_lost(self, count: int) -> None:
         with self._write() as conn:

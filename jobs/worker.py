@@ -11,6 +11,10 @@ tasks on their schedules (``jobs/periodic.py``); the main process only keeps
 those chains alive, and this worker's heartbeat (``jobs/presence.py``), by
 which web processes know that a worker will take their jobs.
 
+Its processes' metrics (inputs computed, batches, attempts, per model) are
+served by this main process on ``SERVE_JOB_METRICS_PORT`` (``jobs/exporter.py``),
+and with ``OTEL_*`` set each job process sends its spans (``serving/tracing.py``).
+
 A Redis job backend that keeps nothing on disk is refused (exit 1, one line
 saying why), unless ``SERVE_JOBS_ALLOW_VOLATILE=true``: checked before the
 models load, and again before each heartbeat while Redis has not answered.
@@ -18,15 +22,25 @@ models load, and again before each heartbeat while Redis has not answered.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # First, before prometheus_client is imported (predict imports it): the job
+    # processes count into this worker's own metrics folder (jobs/exporter.py).
+    from jobs.exporter import prepare as _prepare_metrics
+    from serving.settings import Settings as _Settings
+
+    _METRICS = _prepare_metrics(_Settings())
+
 import gc
 import logging
 import logging.config
 import os
 import time
+from pathlib import Path
 from typing import Callable
 
 from huey.consumer import Consumer, ConsumerStopped
 
+from jobs import exporter
 from jobs.backends import build_backends, build_store
 from jobs.forecasts import build_forecast_store, refresh_all
 from jobs.maintenance import Maintenance
@@ -35,7 +49,7 @@ from jobs.presence import Presence
 from jobs.queue import install_runner
 from jobs.runner import JobRunner
 from predict import ModelRegistry, Predictor
-from serving import logs
+from serving import logs, tracing
 from serving.cache import DiskCache, NullCache
 from serving.errors import JobBackendVolatile, ModelLoadError
 from serving.schedule import Schedule
@@ -126,6 +140,11 @@ def build_consumer(settings: Settings, presence: Presence) -> JobConsumer:
     def per_process_threads() -> None:
         set_compute_threads(threads)
         log.info("job worker process %d: %d compute thread(s)", os.getpid(), threads)
+        tracing.start("jobs")  # if OTEL_* asks: after fork, in each job process
+
+    @huey.on_shutdown()
+    def flush_traces() -> None:
+        tracing.stop()
 
     consumer = JobConsumer(
         huey,
@@ -158,7 +177,8 @@ def refuse_volatile(store) -> None:
         log.warning("job worker: the job backend does not answer yet (%s: %s); going on", type(error).__name__, error)
 
 
-def main() -> None:
+def main(metrics_folder: Path | None = None) -> None:
+    """Run the worker; ``metrics_folder``: the prepared folder its exporter serves."""
     settings = Settings()
     # The same log lines as the web processes: JSON (or text) with request ids,
     # libraries' output included.
@@ -178,10 +198,11 @@ def main() -> None:
         presence.leave()
         log.critical("job worker: cannot start: %s", presence.refused.message)
         raise SystemExit(1)
+    exporter.serve(settings, metrics_folder)
     consumer.run()
     if consumer.exit_code:
         raise SystemExit(consumer.exit_code)
 
 
 if __name__ == "__main__":
-    main()
+    main(_METRICS)

@@ -21,6 +21,8 @@ results. Independent of Flask and of models: it batches any
 - An optional observer hears of every model call (size, seconds) and of the
   queue depth: that is how metrics see batching without this module knowing them.
 - While the model runs, the log context names the request ids of the batch.
+- With tracing on (``serving/tracing.py``), each model call is one span linked
+  to every request it serves, and each request records its ``queue wait``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
+from serving import tracing
 from serving.errors import DeadlineExceeded, Overloaded
 from serving.logs import REQUEST_ID
 
@@ -76,6 +79,12 @@ class _Pending:
     results: list | None = None
     error: BaseException | None = None
     abandoned: bool = False
+    # Tracing only: the request's recorded span, when it was queued and its batch began (monotonic).
+    span: Any = None
+    queued_at: float = 0.0
+    started_at: float = 0.0
+    batch_span: Any = None
+    batch_size: int = 0
 
     def finish(self, results: list | None = None, error: BaseException | None = None) -> None:
         self.results, self.error = results, error
@@ -125,6 +134,9 @@ class MicroBatcher(Generic[T, R]):
             return []
         wait = self.config.timeout_ms / 1000 if timeout is None else timeout
         pending = _Pending(items=items, deadline=time.monotonic() + wait, request_id=REQUEST_ID.get())
+        if tracing.ENABLED:  # a request that is not recorded costs its batch nothing
+            pending.span = tracing.recorded()
+            pending.queued_at = time.monotonic() if pending.span is not None else 0.0
         with self._cond:
             if self._closed:
                 raise Overloaded(f"model {self.name!r} is shutting down")
@@ -152,6 +164,8 @@ class MicroBatcher(Generic[T, R]):
                     pending.abandoned = True
             if not pending.done.is_set():
                 raise DeadlineExceeded(f"model {self.name!r} did not answer within {wait:.1f}s")
+        if pending.started_at:
+            tracing.queue_wait(self.name, pending.queued_at, pending.started_at, pending.batch_span, pending.batch_size)
         if pending.error is not None:
             raise pending.error
         assert pending.results is not None
@@ -251,31 +265,42 @@ class MicroBatcher(Generic[T, R]):
         self.batches += 1
         token = REQUEST_ID.set(",".join(p.request_id for p in batch if p.request_id))
         self._running_items = len(items)
+        try:
+            with tracing.batch(self.name, [p.span for p in batch], len(items)) as span:
+                if tracing.ENABLED:
+                    began, found = time.monotonic(), span.get_span_context() if span is not None else None
+                    for pending in batch:
+                        pending.started_at, pending.batch_span, pending.batch_size = began, found, len(items)
+                return self._timed(items)
+        finally:
+            self._running_items = 0
+            REQUEST_ID.reset(token)
+
+    def _timed(self, items: list[T]) -> Sequence[R]:
         started = self.clock()
         try:
             return self.fn(items)
         finally:
             seconds = self.clock() - started
-            self._running_items = 0
             per_input = seconds / len(items)
             # Recent calls weigh most: the cores' other tenants come and go.
             previous = self.seconds_per_input
             self.seconds_per_input = per_input if not previous else previous + _SMOOTHING * (per_input - previous)
             self.observer.model_call(len(items), seconds)
-            REQUEST_ID.reset(token)
 
 
 def run_unbatched(
-    fn: Callable[[list[Any]], Sequence[Any]], observer: BatchObserver | None = None
+    fn: Callable[[list[Any]], Sequence[Any]], observer: BatchObserver | None = None, name: str = "model"
 ) -> Callable[[Sequence[Any]], list[Any]]:
     """The same calling shape as ``MicroBatcher.submit`` for models without batching."""
     watch = observer or _Unobserved()
 
     def run(items: Sequence[Any], timeout: float | None = None) -> list[Any]:
-        started = time.perf_counter()
-        try:
-            return list(fn(list(items)))
-        finally:
-            watch.model_call(len(items), time.perf_counter() - started)
+        with tracing.batch(name, [tracing.recorded()], len(items)):
+            started = time.perf_counter()
+            try:
+                return list(fn(list(items)))
+            finally:
+                watch.model_call(len(items), time.perf_counter() - started)
 
     return run

@@ -6,7 +6,8 @@
 - Gunicorn's error log and access log go through the same formatter
   (:class:`GunicornLogger`, Gunicorn's ``logger_class``). The access line is the
   one line per request: method, route template, path, status, duration, model,
-  batch size, client address, request id. The app hands route, model and batch
+  batch size, client address, request id, and the trace id when tracing is
+  on (``serving/tracing.py``; other records carry it too). The app hands route, model and batch
   size to it through the WSGI environ (``serve.*`` keys).
 - Library output is log records too (:func:`route_library_output`): Python
   warnings, transformers' own logger, no progress bars; so in JSON mode every
@@ -27,6 +28,8 @@ from typing import Any
 from gunicorn import glogging
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+from serving import tracing
+
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
 # A client's X-Request-ID is kept only if it is this sane; otherwise one is made.
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -43,6 +46,7 @@ ENV_ROUTE = "serve.route"
 ENV_MODEL = "serve.model"
 ENV_BATCH = "serve.batch_size"
 ENV_KEY_NAME = "serve.api_key_name"
+ENV_TRACE_ID = "serve.trace_id"
 
 TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s rid=%(request_id)s: %(message)s"
 JSON_FIELDS = "%(levelname)s %(name)s %(process)d %(message)s"
@@ -54,6 +58,10 @@ class RequestContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = REQUEST_ID.get()
+        if tracing.ENABLED and not hasattr(record, "trace_id"):
+            found = tracing.trace_id()
+            if found is not None:
+                record.trace_id = found
         return True
 
 
@@ -138,8 +146,11 @@ class GunicornLogger(glogging.Logger):
                 break
         method = environ.get("REQUEST_METHOD", "")
         path = environ.get("PATH_INFO", "")
-        fields = {
-            "request_id": request_id,
+        fields: dict[str, Any] = {"request_id": request_id}
+        trace_id = environ.get(ENV_TRACE_ID)
+        if trace_id:
+            fields["trace_id"] = trace_id
+        fields.update({
             "method": method,
             "route": environ.get(ENV_ROUTE),
             "path": path,
@@ -150,7 +161,7 @@ class GunicornLogger(glogging.Logger):
             "model": environ.get(ENV_MODEL),
             "batch_size": environ.get(ENV_BATCH),
             "api_key": environ.get(ENV_KEY_NAME),
-        }
+        })
         try:
             self.access_log.info("%s %s %s", method, path, status, extra=fields)
         except Exception:  # a log line must never fail a request

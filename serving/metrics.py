@@ -23,8 +23,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from serving import multiprocess
+from serving import multiprocess, tracing
+from serving.exemplars import EXEMPLARS, WithExemplars
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -111,6 +114,24 @@ STREAMS_OPEN = Gauge(
     multiprocess_mode="livesum",
 )
 
+# --- job workers (their own exporter: jobs/exporter.py) ------------------------
+JOB_INPUTS = Counter(
+    "serve_http_job_inputs_total",
+    "Job inputs a job worker computed, by model and outcome (ok: a result line, failed: an error line).",
+    ["model", "outcome"],
+)
+JOB_BATCH_DURATION = Histogram(
+    "serve_http_job_batch_duration_seconds",
+    "Time of one job batch in a job worker (decode, model, saving its lines and files), by model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+JOB_ATTEMPTS = Counter(
+    "serve_http_job_attempts_total",
+    "Job attempts a job worker ended, by model and outcome (succeeded, failed, cancelled, taken_over, handed_back).",
+    ["model", "outcome"],
+)
+
 # --- processes ----------------------------------------------------------------
 WORKER_EXITS = Counter(
     "serve_http_worker_exits_total",
@@ -123,6 +144,7 @@ class ModelMetrics:
     on every batch, so no label lookup happens per call."""
 
     def __init__(self, model: str) -> None:
+        self.model = (model,)
         self.inference = INFERENCE.labels(model)
         self.batch_size = BATCH_SIZE.labels(model)
         self.queue = QUEUE_DEPTH.labels(model)
@@ -132,6 +154,8 @@ class ModelMetrics:
     def model_call(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.inference.observe(seconds)
+        if tracing.ENABLED:  # the batch's span is current
+            EXEMPLARS.observe(INFERENCE, self.model, seconds)
 
     def queue_depth(self, inputs: int) -> None:
         self.queue.set(inputs)
@@ -225,12 +249,52 @@ class JobGauges:
         for state, count in self.figures["jobs"].items():
             jobs.add_metric([state], count)
         yield jobs
+        by_model = GaugeMetricFamily(
+            "serve_http_model_jobs",
+            "Active jobs by model and state (queued, running); a model with none has no series.",
+            labels=["model", "state"],
+        )
+        queued_inputs = GaugeMetricFamily(
+            "serve_http_job_queued_inputs",
+            "Inputs of the queued jobs, by model: the work waiting for a worker.",
+            labels=["model"],
+        )
+        oldest = GaugeMetricFamily(
+            "serve_http_job_oldest_queued_age_seconds",
+            "Age of the oldest queued job of each model (0 when none is queued).",
+            labels=["model"],
+        )
+        for model, queue in sorted(self.figures["models"].items()):
+            by_model.add_metric([model, "queued"], queue.queued)
+            by_model.add_metric([model, "running"], queue.running)
+            queued_inputs.add_metric([model], queue.queued_inputs)
+            waited = self.figures["now"] - queue.oldest_queued_at if queue.oldest_queued_at is not None else 0.0
+            oldest.add_metric([model], max(0.0, waited))
+        yield by_model
+        yield queued_inputs
+        yield oldest
 
 
-def exposition(extra: Iterable[Any] = ()) -> tuple[bytes, str]:
-    """The text exposition of every process's metrics (and of ``extra``
-    collectors), and its content type."""
+def exposition(extra: Iterable[Any] = (), accept: str = "") -> tuple[bytes, str]:
+    """The exposition of every process's metrics (and of ``extra`` collectors)
+    and its content type: Prometheus text, or OpenMetrics (with the latency
+    histograms' exemplars) when ``accept`` (the scrape's Accept header) asks for it."""
+    openmetrics = "application/openmetrics-text" in accept
     path = multiprocess.folder()
+    collectors = list(extra)
+    if openmetrics:
+        # One document: OpenMetrics ends with "# EOF", so it cannot be two joined.
+        registry = CollectorRegistry(auto_describe=False)
+        if path is None:
+            registry.register(WithExemplars(REGISTRY, EXEMPLARS))
+        else:
+            registry.register(WithExemplars(MultiProcessCollector(None, str(path)), EXEMPLARS))
+        for collector in collectors:
+            registry.register(collector)
+        if path is None:
+            return generate_openmetrics(registry), OPENMETRICS_TYPE
+        with multiprocess.scrape_lock(path):
+            return generate_openmetrics(registry), OPENMETRICS_TYPE
     if path is None:
         body = generate_latest(REGISTRY)
     else:
@@ -238,7 +302,6 @@ def exposition(extra: Iterable[Any] = ()) -> tuple[bytes, str]:
         MultiProcessCollector(registry, str(path))
         with multiprocess.scrape_lock(path):
             body = generate_latest(registry)
-    collectors = list(extra)
     if collectors:
         registry = CollectorRegistry()
         for collector in collectors:

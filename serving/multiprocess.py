@@ -44,8 +44,9 @@ def prepare(folder: Path) -> Path:
         return Path(os.environ[ENV])
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
+    for pattern in ("*.db", "exemplars_*.json"):
+        for stale in folder.glob(pattern):
+            stale.unlink()
     os.environ[ENV] = str(folder)
     os.environ["_SERVE_METRICS_PREPARED"] = str(os.getpid())
     return folder
@@ -91,6 +92,9 @@ def worker_exited(pid: int, path: Path | None = None) -> None:
         # nothing once it is gone; the master holds the values that matter.
         for stale in glob.glob(str(path / f"gauge_*_{pid}.db")):
             os.remove(stale)
+        from serving.exemplars import forget
+
+        forget(pid, path)
 
 
 def _fold_into_archive(path: Path, kind: str, dead: Path) -> None:

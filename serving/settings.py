@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     job_batch_size: int = Field(64, gt=0, description="Inputs per model call in a job worker; progress is saved per batch.")
     job_workers: int = Field(1, gt=0, description="Processes of one job worker (make worker), forked after the models load.")
     job_heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a running job's heartbeats.")
+    job_metrics_port: int = Field(
+        9101, ge=0, le=65535,
+        description="Port of a job worker's own Prometheus /metrics (its processes' jobs, inputs, batches) on HOST; 0: none.",
+    )
     job_visibility_timeout_s: float = Field(
         30.0, gt=0, description="A running job silent this long is taken back (its worker died) and retried."
     )
@@ -312,6 +316,11 @@ class Settings(BaseSettings):
         """The multiprocess metrics folder; one per port, so two services on one
         machine never wipe each other's files."""
         return self.metrics_dir or REPO_ROOT / "var" / "metrics" / str(self.port)
+
+    def job_metrics_path(self) -> Path:
+        """The job worker's multiprocess metrics folder: one per job metrics port."""
+        base = self.metrics_dir.parent if self.metrics_dir else REPO_ROOT / "var" / "metrics"
+        return base / f"jobs-{self.job_metrics_port}"
 
     def control_path(self) -> Path:
         """The control folder of live model changes (``serving/control.py``), one per port."""

@@ -47,7 +47,11 @@ DEPLOY = REPO_ROOT / "deploy"
 RUNTIME_PACKAGES = ("adapters", "api", "jobs", "serving", "tasks", "training", "models")
 RUNTIME_MODULES = ("serve_http.py", "predict.py", "utils_serve.py", "gunicorn.conf.py")
 # Read by libraries, not by the settings class; the README documents them.
-LIBRARY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Read by libraries, not by serving/settings.py: boto3's keys, the OpenTelemetry SDK's.
+LIBRARY_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+)
 
 
 # --- reading the files ----------------------------------------------------
@@ -468,21 +472,38 @@ def test_mounted_files_exist(compose):
 def test_prometheus_scrapes_every_web_replica(compose, monkeypatch, app_routes):
     routes, client = app_routes
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"serve-http", "serve-http-jobs"}
+    job = jobs["serve-http"]
     assert job["metrics_path"] in routes and client.get(job["metrics_path"]).status_code == 200
     (discovery,) = job["dns_sd_configs"]
     assert discovery["names"] == ["web"] and discovery["type"] == "A"
     settings = settings_from(compose["services"]["web"]["environment"], monkeypatch)
     assert discovery["port"] == settings.port
+    # Every job worker, on the port its exporter listens on.
+    (workers,) = jobs["serve-http-jobs"]["dns_sd_configs"]
+    worker = compose["services"]["worker"]
+    port = settings_from(worker["environment"], monkeypatch).job_metrics_port
+    assert workers["names"] == ["worker"] and workers["port"] == port and str(port) in worker["expose"]
+    assert "--enable-feature=exemplar-storage" in compose["services"]["prometheus"]["command"]
     assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in compose["services"]["prometheus"]["volumes"]
 
 
 def test_grafana_gets_the_shipped_dashboard_on_the_provisioned_data_source(compose, tmp_path):
     grafana = compose["services"]["grafana"]
-    (datasource,) = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    sources = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    by_type = {source["type"]: source for source in sources}
+    datasource, jaeger = by_type["prometheus"], by_type["jaeger"]
     url = urlparse(datasource["url"])
     prometheus = compose["services"]["prometheus"]
     assert url.hostname == "prometheus" and str(url.port) in {p.rsplit(":", 1)[1] for p in prometheus["ports"]}
+    # Exemplars (label trace_id, serving/exemplars.py) open their trace in the Jaeger the services send to.
+    (link,) = datasource["jsonData"]["exemplarTraceIdDestinations"]
+    assert link == {"name": "trace_id", "datasourceUid": jaeger["uid"]}
+    jaeger_url = urlparse(jaeger["url"])
+    assert jaeger_url.hostname == "jaeger" and str(jaeger_url.port) in {p.rsplit(":", 1)[1] for p in compose["services"]["jaeger"]["ports"]}
+    endpoint = urlparse(serve_services(compose)["web"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert endpoint.hostname == "jaeger" and str(endpoint.port) in compose["services"]["jaeger"]["expose"]
     (provider,) = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "serve-http.yml").read_text())["providers"]
     mounts = dict(volume.split(":")[1::-1] for volume in grafana["volumes"])  # container path -> source
     assert mounts["/etc/grafana/provisioning"] == "./grafana/provisioning"

@@ -124,6 +124,7 @@ def declared_series() -> set[str]:
     """Every series name serving/metrics.py can expose."""
     from prometheus_client.metrics import MetricWrapperBase
 
+    from jobs.records import ModelQueue
     from serving import metrics
 
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
@@ -132,6 +133,12 @@ def declared_series() -> set[str]:
         if isinstance(obj, MetricWrapperBase):
             (family,) = obj.describe()
             names |= {family.name + suffix for suffix in suffixes[family.type]}
+    # What the scrape-time collectors yield from the job store.
+    figures = {"workers_alive": 1, "queue_depth": 0, "jobs": {"queued": 1}, "now": 2.0,
+               "models": {"m": ModelQueue(queued=1, queued_inputs=3, oldest_queued_at=1.0)}}
+    for collector in (metrics.JobGauges(figures), metrics.ScheduledRuns([("t", {})])):
+        for family in collector.collect():
+            names |= {sample.name for sample in family.samples}
     return names
 
 
@@ -150,5 +157,5 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exposes():
 
 def test_prometheus_example_scrapes_metrics():
     config = yaml.safe_load((REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
+    assert {job["job_name"]: job["metrics_path"] for job in config["scrape_configs"]} == {
+        "serve-http": "/metrics", "serve-http-jobs": "/metrics"}

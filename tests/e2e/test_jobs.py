@@ -12,10 +12,11 @@ import textwrap
 import numpy as np
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.settings import REPO_ROOT
 from tests.conftest import b64, jpeg_bytes
-from tests.e2e.server import GunicornServer, JobStack, JobWorker, wait_for
+from tests.e2e.server import GunicornServer, JobStack, JobWorker, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +87,7 @@ def stack(request, tmp_path_factory):
         "SERVE_JOB_HEARTBEAT_S": "0.5",
         "SERVE_JOB_VISIBILITY_TIMEOUT_S": "3",
         "WORKERS": "2",
+        "SERVE_JOB_METRICS_PORT": str(free_port()),
     }
     with Stack.running(backend, tmp, env) as built:
         yield built
@@ -193,13 +195,62 @@ def readme_jobs_script(port: int) -> str:
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## Background jobs", 1)[1].split("\n## ", 1)[0]
     blocks = [textwrap.dedent(block) for block in re.findall(r"```sh\n(.*?)```", section, re.S)]
-    assert len(blocks) == 2
+    assert len(blocks) == 3 and ":9101/metrics" in blocks[2]  # the third: the worker's exporter
+    blocks = blocks[:2]
     # Every curl reports its status on stderr, leaving stdout as the README shows it;
     # the photo is the one "Try it" makes.
     script = "set -euo pipefail\ncurl() { command curl -w '%{stderr}@@%{http_code}\\n' \"$@\"; }\n"
     script += (".venv/bin/python -c \"from skimage import data; from PIL import Image; "
                "Image.fromarray(data.astronaut()).save('/tmp/astronaut.jpg')\"\n")
     return script + "\n".join(block.replace("localhost:8000", f"127.0.0.1:{port}") for block in blocks)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 200, r.text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(r.text)
+        for sample in family.samples
+    }
+
+
+def test_job_metrics_per_model_from_the_store_and_from_the_worker(stack):
+    stack.worker.stop()  # no worker: the jobs stay queued
+    inputs = [texts(3, seed=71), texts(5, seed=72)]
+    ids = []
+    for batch in inputs:
+        r = stack.submit(batch)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    web = scrape(stack.url + "/metrics")
+    queued = (("model", "sentiment"), ("state", "queued"))
+    assert web[("serve_http_model_jobs", queued)] == 2
+    assert web[("serve_http_model_jobs", (("model", "sentiment"), ("state", "running")))] == 0
+    assert web[("serve_http_job_queued_inputs", (("model", "sentiment"),))] == 8
+    assert web[("serve_http_job_oldest_queued_age_seconds", (("model", "sentiment"),))] > 0
+
+    stack.worker = JobWorker(stack.server).start()
+    for job_id in ids:
+        stack.wait(job_id, lambda job: job["status"] == "succeeded", "succeeded")
+    port = stack.server.env["SERVE_JOB_METRICS_PORT"]
+    # The new worker's own exporter: what its processes computed since it started.
+    worker = wait_for(
+        lambda: (found := scrape(f"http://127.0.0.1:{port}/metrics")).get(
+            ("serve_http_job_attempts_total", (("model", "sentiment"), ("outcome", "succeeded")))) == 2 and found,
+        30, "the worker's counts",
+    )
+    assert worker[("serve_http_job_inputs_total", (("model", "sentiment"), ("outcome", "ok")))] == 8
+    # Batches of 2: 2 for the 3 texts, 3 for the 5.
+    assert worker[("serve_http_job_batch_duration_seconds_count", (("model", "sentiment"),))] == 5
+    assert worker[("serve_http_inference_duration_seconds_count", (("model", "sentiment"),))] == 5
+    assert ("serve_http_model_jobs", queued) not in scrape(stack.url + "/metrics")  # nothing active
+    # The README's command for the worker's exporter.
+    readme = (REPO_ROOT / "README.md").read_text().split("## Background jobs", 1)[1].split("\n## ", 1)[0]
+    command = re.findall(r"```sh\n(.*?)```", readme, re.S)[2].strip().replace("localhost:9101", f"127.0.0.1:{port}")
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + command], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert 'serve_http_job_inputs_total{model="sentiment",outcome="ok"} 8.0' in done.stdout.splitlines()
 
 
 def test_the_readme_jobs_commands_work_as_written(stack):

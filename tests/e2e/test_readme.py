@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from serving.settings import REPO_ROOT
-from tests.e2e.server import GunicornServer
+from tests.e2e.server import GunicornServer, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,13 +57,34 @@ def test_every_readme_curl_answers_as_documented(server, tmp_path):
 
 
 def test_readme_observability_commands_work(server):
-    (block,) = sh_blocks("## Observability")
+    (block,) = [b for b in sh_blocks("## Observability") if "grep '^serve_http_requests_total'" in b]
     requests_seen = subprocess.run(
         ["bash", "-c", "set -euo pipefail\n" + block.replace("localhost:8000", f"127.0.0.1:{server.port}")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
     assert requests_seen.returncode == 0, requests_seen.stderr
     assert re.search(r'^serve_http_requests_total\{.*route="/readyz".*\} [1-9]', requests_seen.stdout, re.M)
+
+
+def test_readme_console_tracing_commands_work(tmp_path):
+    # The block without a collector: its `make serve` line is this Gunicorn with
+    # the variables the line sets, the other lines run as written.
+    (block,) = [b for b in sh_blocks("## Observability") if "make serve" in b and "console" in b]
+    (serve,) = [line for line in block.splitlines() if line.endswith("make serve")]
+    env = dict(pair.split("=", 1) for pair in serve.split()[:-2])
+    assert env == {"OTEL_TRACES_EXPORTER": "console"}
+    rest = "\n".join(line for line in block.splitlines() if line != serve)
+    with GunicornServer(tmp_path, env={"WORKERS": "2", "SERVE_MODELS": "sentiment", **env}) as traced:
+        done = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + rest.replace("localhost:8000", f"127.0.0.1:{traced.port}")],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.splitlines()[0])["outputs"][0]["category"] in ("fresh", "rotten", "plot")
+        exemplars = [line for line in done.stdout.splitlines()[1:] if "trace_id" in line]
+        assert exemplars and all(line.startswith("serve_http_") and " # {" in line for line in exemplars)
+        # The console exporter printed the request's spans on the server's stdout.
+        wait_for(lambda: '"name": "model sentiment"' in traced.log(), 20, "the spans on stdout")
 
 
 def python_blocks(heading: str) -> list[str]:
@@ -121,7 +142,7 @@ def test_readme_stream_example_runs_as_written(server):
 def test_readme_job_poll_ends_on_a_job_that_will_not_succeed(server):
     # The whole block runs in tests/e2e/test_jobs.py, with a job worker; here,
     # with none, a job stays queued until it is cancelled: the poll must end.
-    (block, _) = sh_blocks("## Background jobs")
+    block = sh_blocks("## Background jobs")[0]
     lines = block.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("while "))
     end = next(i for i, line in enumerate(lines) if line.startswith('[ "$STATUS" = succeeded ]'))

@@ -22,6 +22,7 @@ class Upstream:
         self.fresh, self.delay, self.protocol = fresh, delay, protocol
         self.connections = 0
         self.requests = 0
+        self.headers: list[dict[str, str]] = []  # of every request, in order
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -36,6 +37,7 @@ class Upstream:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 upstream.requests += 1
+                upstream.headers.append(dict(self.headers))
                 time.sleep(upstream.delay)  # the upstream model's own latency
                 data = json.dumps(upstream.answer(body)).encode()
                 self.send_response(200)

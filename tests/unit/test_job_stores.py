@@ -431,3 +431,43 @@ def test_a_jobs_files_are_kept_with_its_results_and_deleted_with_them(results):
         assert got.content == b"\x89PNG fake" and got.headers["Content-Type"] == "image/png"
     results.delete(job_id)
     assert not results.has_file(job_id, "00000000.png")
+
+
+def test_active_jobs_by_model_follow_every_transition(store):
+    def made(model: str, total: int, created_at: float) -> str:
+        record = job(total=total)
+        record.model, record.created_at = model, created_at
+        return store.create(record, ["x"] * total).job.id
+
+    t = now()
+    a1, a2, a3 = made("a", 4, t - 30), made("a", 6, t - 10), made("a", 1, t - 5)
+    b1 = made("b", 2, t - 20)
+    found = store.active()
+    assert set(found) == {"a", "b"}
+    assert (found["a"].queued, found["a"].running, found["a"].queued_inputs) == (3, 0, 11)
+    assert found["a"].oldest_queued_at == pytest.approx(t - 30)
+    assert (found["b"].queued, found["b"].queued_inputs) == (1, 2)
+
+    assert store.claim(a1) == 1  # the oldest leaves the queue: the next one is oldest
+    store.cancel(a3)
+    found = store.active()["a"]
+    assert (found.queued, found.running, found.queued_inputs) == (1, 1, 6)
+    assert found.oldest_queued_at == pytest.approx(t - 10)
+
+    assert store.release(a1, 1)  # handed back: queued again, by its creation time
+    assert store.active()["a"].oldest_queued_at == pytest.approx(t - 30)
+    assert store.claim(a1) == 2
+    assert store.requeue_stale(now() + 1, max_attempts=5) == ([a1], [])
+    assert store.active()["a"].queued == 2
+    assert store.claim(a1) == 3 and store.finish(a1, 3, SUCCEEDED)
+    assert store.claim(a2) == 1 and store.finish(a2, 1, FAILED, "x", "y")
+    store.discard(b1)
+    assert store.active() == {}  # finished, cancelled and discarded jobs are not active
+
+
+def test_a_jobs_trace_context_round_trips(store):
+    record = job()
+    record.trace_context = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01", "tracestate": "vendor=x"}
+    made = store.create(record, ["a"])
+    assert store.get(made.job.id).trace_context == record.trace_context
+    assert store.get(store.create(job(), ["b"]).job.id).trace_context is None
