@@ -69,8 +69,9 @@ def _cpu_seconds(pids: list[int]) -> float:
 class Server:
     """One server command in its own process group, its output in a log file."""
 
-    def __init__(self, label: str, argv: list[str], env: dict[str, str], port: int, logdir: Path) -> None:
-        self.label, self.argv, self.port = label, argv, port
+    def __init__(self, label: str, argv: list[str], env: dict[str, str], port: int, logdir: Path,
+                 cwd: Path = REPO_ROOT) -> None:
+        self.label, self.argv, self.port, self.cwd = label, argv, port, cwd
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.log = logdir / f"{label}.log"
         self.ready_dir: Path | None = None  # set for servers whose workers report readiness by file
@@ -91,7 +92,7 @@ class Server:
         self.launched_at = time.monotonic()
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                self.argv, cwd=REPO_ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self.argv, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         return self
 
@@ -199,10 +200,11 @@ class ServerSet:
         self.servers.append(server)
         return server
 
-    def gunicorn(self, label: str, env: dict[str, str], app: str = "serve_http:app") -> Server:
+    def gunicorn(self, label: str, env: dict[str, str], app: str = "serve_http:app", tree: Path = REPO_ROOT) -> Server:
+        """Gunicorn on the code of ``tree`` (another checkout: an earlier commit), with this venv."""
         port = free_port()
         argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", app]
-        return self._add(Server(label, argv, {"HOST": HOST, "PORT": str(port), **env}, port, self.logdir))
+        return self._add(Server(label, argv, {"HOST": HOST, "PORT": str(port), **env}, port, self.logdir, tree))
 
     def uvicorn(self, label: str, app: str, workers: int, env: dict[str, str]) -> Server:
         port = free_port()

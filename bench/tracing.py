@@ -30,18 +30,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import WrkResult, wrk  # noqa: E402
-from bench.procs import BIN, HOST, Server, ServerSet, free_port  # noqa: E402
+from bench.procs import ServerSet  # noqa: E402
 from bench.workload import REPO_ROOT  # noqa: E402
 
 PATH = "/v1/models/sentiment/predict"
@@ -52,23 +50,6 @@ CONFIGS = {
     "10%": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
     "100%": {"OTEL_TRACES_SAMPLER": "always_on"},
 }
-
-
-class TreeServer(Server):
-    """Gunicorn run from another checkout (its own code, this venv)."""
-
-    def __init__(self, label: str, tree: Path, env: dict[str, str], logdir: Path) -> None:
-        port = free_port()
-        argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "serve_http:app"]
-        super().__init__(label, argv, {"HOST": HOST, "PORT": str(port), **env}, port, logdir)
-        self.tree = tree
-
-    def launch(self) -> "TreeServer":
-        self.launched_at = time.monotonic()
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(self.argv, cwd=self.tree, env=self.env, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        return self
 
 
 class Sink:
@@ -121,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             "SERVE_JOB_WORKER_GRACE_S": "0",
         }
         if args.baseline is not None:
-            before = TreeServer("tracing-before", args.baseline.resolve(), base_env, logdir)
-            servers.servers.append(before)
-            started["before"] = before.launch()
+            started["before"] = servers.gunicorn("tracing-before", base_env, tree=args.baseline.resolve()).launch()
         for label, otel in CONFIGS.items():
             env = dict(base_env)
             if otel:

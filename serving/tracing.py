@@ -171,8 +171,7 @@ def _ns(seconds: float | None) -> int | None:
 def carrier() -> dict[str, str]:
     """The current span as W3C headers (``traceparent``, ``tracestate``), to store or send on."""
     headers: dict[str, str] = {}
-    if ENABLED:
-        propagate.inject(headers)
+    inject(headers)
     return headers
 
 

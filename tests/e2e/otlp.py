@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -16,6 +15,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from tests.e2e.server import wait_for
 
 
 def _value(value: AnyValue) -> Any:
@@ -114,16 +115,14 @@ class OtlpReceiver:
             return [s for s in self.spans if s.trace_id == trace_id]
 
     def wait(self, condition: Callable[[], Any], timeout: float = 30.0, what: str = "spans") -> Any:
-        """Poll ``condition`` until it is true (the exporters send every 50 ms)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = condition()
-            if result:
-                return result
-            time.sleep(0.05)  # polling a condition, bounded by the deadline
-        with self._lock:
-            names = sorted({s.name for s in self.spans})
-        raise AssertionError(f"{what} did not arrive within {timeout}s; received span names: {names}")
+        """``wait_for`` the condition (the exporters send every 50 ms); a timeout
+        names the spans that did arrive."""
+        try:
+            return wait_for(condition, timeout, what)
+        except AssertionError as timed_out:
+            with self._lock:
+                names = sorted({s.name for s in self.spans})
+            raise AssertionError(f"{timed_out}; received span names: {names}") from None
 
     def __enter__(self) -> "OtlpReceiver":
         self._thread.start()
