@@ -16,9 +16,9 @@ from werkzeug.routing import BaseConverter
 from api.context import services
 from api.schemas import ErrorResponse, JobRequest, JobStatus, JobUploadForm
 from api.spec import spec
-from jobs.records import SUCCEEDED, Created, Job
+from jobs.records import ON_ERROR_FAIL, SUCCEEDED, Created, Job
 from jobs.results import FILE_NAME, media_type
-from jobs.service import JobService, build_service
+from jobs.service import JobService, backend_call, build_service
 from jobs.uploads import read_inputs
 from serving.errors import FileNotFound, InvalidInput, UnsupportedMediaType, invalid
 from serving.settings import Settings
@@ -98,6 +98,9 @@ def job_json(job: Job) -> dict:
             "steps_total": job.steps_total if steps else None,
             "percent": percent(job),
         },
+        "shards": {"total": job.shards, "done": job.shards_done, "size": job.shard_size or job.total},
+        "on_error": job.on_error,
+        "inputs_uri": job.inputs_uri,
         "attempts": job.attempt,
         "computed": job.computed,
         "created_at": iso_time(job.created_at),
@@ -129,7 +132,13 @@ def submit_job():
     persistence; 503 `not_ready` when it does not answer.
     """
     body: JobRequest = request.context.body
-    return _submit(body.model, body.inputs, body.parameters)
+    if body.inputs_uri is not None:
+        if body.inputs is not None:
+            raise invalid("inputs_uri", "send either inputs (a list) or inputs_uri (where to read them), not both")
+        return _submit(body.model, body.inputs_uri, body.parameters, body.shard_size, body.on_error)
+    if body.inputs is None:
+        raise invalid("inputs", "send the inputs (a list), or inputs_uri (where to read them)")
+    return _submit(body.model, body.inputs, body.parameters, body.shard_size, body.on_error)
 
 
 @jobs.before_request
@@ -173,8 +182,9 @@ def upload_job():
     return _submit(form.model, inputs, form.parameters)
 
 
-def _submit(model: str, inputs: list[Any], parameters: dict[str, Any]):
-    outcome = submit_inputs(model, inputs, parameters)
+def _submit(model: str, inputs: list[Any] | str, parameters: dict[str, Any], shard_size: int | None = None,
+            on_error: str = ON_ERROR_FAIL):
+    outcome = submit_inputs(model, inputs, parameters, shard_size=shard_size, on_error=on_error)
     response = jsonify(job_json(outcome.job))
     response.status_code = 202 if outcome.created else 200
     response.headers["Location"] = url_for("jobs.get_job", job_id=outcome.job.id)
@@ -183,32 +193,44 @@ def _submit(model: str, inputs: list[Any], parameters: dict[str, Any]):
     return response
 
 
-def submit_inputs(model: str, inputs: list[Any], parameters: dict[str, Any],
-                  summary: dict[str, Any] | None = None) -> Created:
+def submit_inputs(model: str, inputs: list[Any] | str, parameters: dict[str, Any],
+                  summary: dict[str, Any] | None = None, shard_size: int | None = None,
+                  on_error: str = ON_ERROR_FAIL) -> Created:
     """Check a job's inputs as far as they can be checked here, then queue it
-    (the request's ``Idempotency-Key`` honoured); ``summary``: what a route
-    shows of the request later (``Job.summary``)."""
+    (the request's ``Idempotency-Key`` honoured); ``inputs``: the inputs, or
+    where to read them (``jobs/sources.py``: read once here, streaming);
+    ``summary``: what a route shows of the request later (``Job.summary``)."""
     settings = services().settings
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise invalid(IDEMPOTENCY_HEADER, "Idempotency-Key must be 1 to 255 visible ASCII characters")
     predictor = services().predictor
     _, task = predictor.model(model)
+    params = task.parameters(parameters)
+    # A file per input (an image) is saved, and shown, as soon as it is made: one input per shard.
+    files = task.file_suffix is not None
+    size = 1 if files else shard_size or settings.job_shard_size
+    if isinstance(inputs, str):
+        with backend_call("input storage"):
+            indexed = job_service().sources.index(
+                inputs, task, params, predictor.limits, size, settings.job_max_inputs
+            )
+        return job_service().submit(
+            model, indexed, params.model_dump(exclude_defaults=True), idempotency_key=key,
+            batch_size=1 if files else None, on_error=on_error, steps_total=indexed.steps_total, summary=summary,
+        )
     if len(inputs) > settings.job_max_inputs:
         raise invalid("inputs", f"at most {settings.job_max_inputs} inputs per job, got {len(inputs)}")
     # Refused now rather than failed later: the parameters, and every input as
     # far as it can be checked without the model (images are decoded by the worker).
-    params = task.parameters(parameters)
     for i, item in enumerate(inputs):
         task.check(item, params, predictor.limits, f"inputs[{i}]")
-    outcome = job_service().submit(
+    return job_service().submit(
         model, inputs, params.model_dump(exclude_defaults=True), idempotency_key=key,
-        # A file per input (an image) is saved, and shown, as soon as it is made.
-        batch_size=1 if task.file_suffix is not None else None,
+        batch_size=1 if files else None, shard_size=size, on_error=on_error,
         steps_total=sum(task.steps(item, params, predictor.limits) for item in inputs),
         summary=summary,
     )
-    return outcome
 
 
 @jobs.get("/v1/jobs/<job_id:job_id>")

@@ -278,9 +278,24 @@ class ObjectDetectionResponse(BaseModel):
 
 
 class JobRequest(Strict):
+    model_config = one_of(("inputs", {"type": "array"}), ("inputs_uri", {"type": "string"}))
+
     model: str = Field(min_length=1, max_length=64, description="The model every input goes through.")
-    inputs: list[Any] = Field(min_length=1, description="The inputs, as the model's predict route takes them.")
+    inputs: Optional[list[Any]] = Field(
+        None, min_length=1, description="The inputs, as the model's predict route takes them (or name them by inputs_uri)."
+    )
+    inputs_uri: Optional[str] = Field(
+        None, min_length=1, max_length=1024,
+        description="Where to read the inputs instead: s3://bucket/key or a local path, under what"
+        " SERVE_JOB_INPUT_URIS allows; JSON lines (one input per line) or a zip of images.",
+    )
     parameters: dict[str, Any] = Field(default_factory=dict, description="The task's request parameters.")
+    shard_size: bounded(ge=1, le=1_000_000) = Field(
+        None, description="Inputs per shard (each taken by any idle job worker process); default SERVE_JOB_SHARD_SIZE."
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="A shard that failed past its last attempt: fail the job, or skip (an error line per input)."
+    )
 
 
 class JobUploadForm(Strict):
@@ -305,12 +320,21 @@ class JobError(BaseModel):
     message: str
 
 
+class JobShards(BaseModel):
+    total: int = Field(description="Shards the job's inputs are cut into, each its own queue message.")
+    done: int = Field(description="Shards whose results are saved.")
+    size: int = Field(description="Inputs per shard (the last may hold fewer).")
+
+
 class JobStatus(BaseModel):
     id: str
     model: str
     status: str = Field(description="queued, running, succeeded, failed or cancelled.")
     progress: JobProgress
-    attempts: int = Field(description="Runs a worker started; above 1 after a worker was lost.")
+    shards: JobShards
+    on_error: str = Field(description="fail or skip: what a shard failed past its last attempt does.")
+    inputs_uri: Optional[str] = Field(None, description="Where the inputs were read from, when named by reference.")
+    attempts: int = Field(description="Most runs any shard took; above 1 after a worker was lost or a shard retried.")
     computed: int = Field(description="Inputs run through the model over all attempts (total when nothing was redone).")
     created_at: str
     started_at: Optional[str] = None

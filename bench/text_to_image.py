@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(_env_file=None, jobs_dir=Path(tmp))
         backends = build_backends(settings)
-        runner = JobRunner(backends.store, backends.results, predictor, heartbeat_s=2.0, requeue=lambda _: None)
+        runner = JobRunner(backends.store, backends.results, predictor, heartbeat_s=2.0, requeue=lambda *_: None)
         size = sizes[0]
         alone, as_job = [], []
         for seed in range(args.rounds):

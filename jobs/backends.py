@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from jobs.queue import JobQueue
 from jobs.records import JobStore
 from jobs.results import LocalResults, ResultStorage, S3Results
+from jobs.sources import InputSources
 from jobs.sqlite_store import SqliteJobStore
 from serving.settings import Settings
 
@@ -16,6 +17,7 @@ class Backends:
     store: JobStore
     results: ResultStorage
     queue: JobQueue
+    sources: InputSources  # inputs named by reference (SERVE_JOB_INPUT_URIS)
 
     @property
     def name(self) -> str:
@@ -52,4 +54,5 @@ def build_backends(settings: Settings, immediate: bool = False) -> Backends:
         store=build_store(settings),
         results=build_results(settings),
         queue=JobQueue(settings.redis_url, settings.jobs_dir, immediate=immediate),
+        sources=InputSources(settings.job_input_uris, settings.s3_endpoint_url or None, settings.s3_region),
     )

@@ -3,11 +3,13 @@
 results past the retention period, and delete what result storage holds of
 lost jobs.
 
-huey forgets a message once a worker took it, so a worker killed mid-job (OOM,
-kill -9, a lost machine) would leave its job "running" for ever. Running jobs
-carry a heartbeat instead; one silent for longer than the visibility timeout
-goes back to the queue (its saved batches are kept), or fails with a reason
-after ``job_max_attempts`` runs. The store's check-and-set makes it safe for
+huey forgets a message once a worker took it, so a worker killed mid-shard
+(OOM, kill -9, a lost machine) would leave its shard "running" for ever.
+Running shards carry a heartbeat instead; one silent for longer than the
+visibility timeout goes back to the queue (the job's other shards go on, and
+its saved shards are kept), or fails the job with a reason after
+``job_max_attempts`` runs (a job with ``on_error: skip`` gets error lines
+for that shard's inputs instead). The store's check-and-set makes it safe for
 every worker of every machine to sweep, should two sweeps ever overlap.
 
 A lost job is one whose record the job backend lost (a Redis restarted
@@ -35,7 +37,7 @@ LOST_SCAN_S = 60.0
 
 
 class SweepOutcome(NamedTuple):
-    requeued: list[str]
+    requeued: list[tuple[str, int]]  # (job id, shard)
     failed: list[str]
     purged: list[str]  # finished jobs past retention
     lost: list[str]  # lost jobs whose results were deleted
@@ -53,9 +55,9 @@ class Maintenance:
         requeued, failed = store.requeue_stale(
             now() - self.settings.job_visibility_timeout_s, self.settings.job_max_attempts
         )
-        for job_id in requeued:
-            log.warning("job %s: its worker stopped answering; queued again", job_id)
-            self.backends.queue.enqueue(job_id)
+        for job_id, shard in requeued:
+            log.warning("job %s shard %d: its worker stopped answering; queued again", job_id, shard)
+            self.backends.queue.enqueue(job_id, shard)
         for job_id in failed:
             log.warning("job %s: its worker stopped answering too often; failed", job_id)
         purged = store.purge(now() - self.settings.job_retention_s)

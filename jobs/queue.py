@@ -1,7 +1,7 @@
 """The job queue: huey, on SQLite (embedded) or Redis (scale-out).
 
-Only a job id travels through the queue; the record and the inputs live in the
-job store. huey moves ids from web processes to worker processes and runs the
+Only a job id and a shard's index travel through the queue, one message per
+shard; the record and the inputs live in the job store. huey moves ids from web processes to worker processes and runs the
 worker pool; retries after a lost worker are the job store's business (huey
 drops a message once a worker took it, so a worker killed mid-job would
 otherwise lose it), see :mod:`jobs.maintenance`.
@@ -15,23 +15,24 @@ from typing import Callable
 
 import redis
 from huey import Huey, RedisHuey, SqliteHuey
+from huey.storage import RedisStorage
 
 QUEUE_NAME = "serve-http-jobs"
 
-_runner: Callable[[str], None] | None = None
+_runner: Callable[[str, int], None] | None = None
 
 
-def install_runner(runner: Callable[[str], None]) -> None:
+def install_runner(runner: Callable[[str, int], None]) -> None:
     """Make this process (and the workers it forks) able to run jobs."""
     global _runner
     _runner = runner
 
 
-def run_job(job_id: str) -> None:
-    """The huey task: run one job in this worker process."""
+def run_job(job_id: str, shard: int = 0) -> None:
+    """The huey task: run one shard of a job in this worker process."""
     if _runner is None:
         raise RuntimeError("this process has no job runner (start it with `python -m jobs.worker`)")
-    _runner(job_id)
+    _runner(job_id, shard)
 
 
 def build_huey(redis_url: str, jobs_dir: Path, immediate: bool = False) -> Huey:
@@ -66,10 +67,23 @@ class JobQueue:
             self._pid = os.getpid()
         return self._huey
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, shard: int = 0) -> None:
         self.huey
         assert self._task is not None
-        self._task(job_id)
+        self._task(job_id, shard)
+
+    def enqueue_shards(self, job_id: str, shards: int) -> None:
+        """One message per data shard, in order; in one round trip on Redis."""
+        huey = self.huey
+        assert self._task is not None
+        if isinstance(huey.storage, RedisStorage):
+            pipe = huey.storage.conn.pipeline(transaction=False)
+            for index in range(shards):
+                pipe.lpush(huey.storage.queue_key, huey.serialize_task(self._task.s(job_id, index)))
+            pipe.execute()
+            return
+        for index in range(shards):
+            self._task(job_id, index)
 
     def depth(self) -> int:
         """Messages waiting for a worker: job ids, and scheduled runs that are due.

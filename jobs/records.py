@@ -19,6 +19,19 @@ STATES = ACTIVE + FINISHED
 # Not a record's status: a job whose record the backend lost while result
 # storage still holds its trace (the job sweep counts them, then deletes them).
 LOST = "lost"
+# A shard's own state before it can run: the join, until every data shard succeeded.
+WAITING = "waiting"
+
+# What a job does with a shard that failed past its last attempt.
+ON_ERROR_FAIL = "fail"  # the job fails with that shard's error
+ON_ERROR_SKIP = "skip"  # each of its inputs gets an error line, and the job goes on
+ON_ERROR = (ON_ERROR_FAIL, ON_ERROR_SKIP)
+
+
+def shard_count(total: int, shard_size: int) -> int:
+    """Data shards of ``total`` inputs, ``shard_size`` each (0: one shard of all)."""
+    size = shard_size or total
+    return -(-total // size) if size else 0
 
 
 def new_job_id() -> str:
@@ -47,6 +60,17 @@ class Job:
     finished job's are): None for other jobs. ``trace_context`` holds the
     submitting request's W3C ``traceparent`` (and ``tracestate``) when tracing
     is on, so that the worker's spans join that request's trace.
+
+    A job is split into :attr:`shards` of ``shard_size`` inputs, each its own
+    queue message, claimed, heartbeaten, retried and saved on its own
+    (:class:`Shard`), so that every idle worker process takes shards of the
+    same job; ``shards_done`` of them succeeded. One more shard, the join
+    (index ``shards``), joins their results once the last one succeeded.
+    ``attempt`` is then the highest attempt of any shard, ``done`` and
+    ``computed`` the sums over shards. ``on_error`` says what a shard that
+    failed past its last attempt does (``fail`` the job, or ``skip``: an error
+    line per input). ``inputs_uri`` names where the inputs were read from
+    when the request named them by reference (None: they came in the body).
     """
 
     id: str
@@ -71,17 +95,48 @@ class Job:
     number: int = 0
     summary: dict[str, Any] | None = None
     trace_context: dict[str, str] | None = None
+    shard_size: int = 0  # 0: one shard of every input (a record made before shards)
+    shards_done: int = 0
+    on_error: str = ON_ERROR_FAIL
+    inputs_uri: str | None = None
 
     @property
-    def batches(self) -> int:
-        return -(-self.total // self.batch_size)
+    def shards(self) -> int:
+        """Data shards; the join is shard ``shards``."""
+        return shard_count(self.total, self.shard_size)
 
-    def batch_range(self, index: int) -> tuple[int, int]:
-        start = index * self.batch_size
-        return start, min(start + self.batch_size, self.total)
+    def shard_range(self, index: int) -> tuple[int, int]:
+        """Inputs ``[lo, hi)`` of data shard ``index``."""
+        size = self.shard_size or self.total
+        start = index * size
+        return start, min(start + size, self.total)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class Shard:
+    """One shard of a job: ``attempt`` counts its runs, and a worker owns it
+    only while the shard carries that worker's attempt (as a job did before
+    shards). ``worker`` names the process that claimed it last
+    (``host:pid``); ``done`` and ``steps`` are its saved progress."""
+
+    job_id: str
+    index: int
+    status: str = QUEUED
+    attempt: int = 0
+    worker: str | None = None
+    done: int = 0
+    steps: int = 0
+    heartbeat_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+def shard_inputs(inputs: Sequence[Any], job: Job) -> list[list[Any]]:
+    """A job's inputs cut into its data shards."""
+    return [list(inputs[lo:hi]) for lo, hi in map(job.shard_range, range(job.shards))]
 
 
 @dataclass
@@ -132,38 +187,56 @@ class JobStore(Protocol):
     replicas, workers and the stale-job sweep may race freely.
     """
 
-    def create(self, job: Job, inputs: Sequence[Any]) -> Created:
-        """Record a queued job; with an idempotency key already used, return that job instead."""
+    def create(self, job: Job, shards: Sequence[Any]) -> Created:
+        """Record a queued job, its data shards (queued) and its join (waiting),
+        with each data shard's inputs (``shards[i]``: a list of inputs, or a
+        reference to them, ``jobs/sources.py``); with an idempotency key
+        already used, return that job instead."""
 
     def get(self, job_id: str) -> Job | None: ...
 
     def by_number(self, number: int) -> str | None:
         """The id of the job with that ``number``, or None."""
 
-    def inputs(self, job_id: str) -> list[Any]: ...
+    def shard_inputs(self, job_id: str, index: int) -> Any:
+        """Data shard ``index``'s inputs as ``create`` got them; None once dropped (the job finished)."""
 
-    def claim(self, job_id: str) -> int | None:
-        """queued -> running; the new attempt number, or None if the job is not queued."""
+    def shards(self, job_id: str) -> list[Shard]:
+        """The job's shards, the join last."""
 
-    def progress(self, job_id: str, attempt: int, done: int, computed: int, steps: int = 0) -> bool:
-        """Save progress (inputs done, ``computed`` more inputs computed, steps
-        done) and a heartbeat, while ``attempt`` still owns the running job."""
+    def claim(self, job_id: str, index: int, worker: str) -> int | None:
+        """Shard queued -> running (its job queued -> running with the first):
+        the new attempt number, or None if the shard is not queued or its job not active."""
 
-    def heartbeat(self, job_id: str, attempt: int) -> bool: ...
+    def progress(self, job_id: str, index: int, attempt: int, done: int, computed: int, steps: int = 0) -> bool:
+        """Save a shard's progress (its inputs done, ``computed`` more inputs
+        computed, its steps done) and a heartbeat, while ``attempt`` still owns
+        the running shard of a running job; the job's figures move by as much."""
 
-    def finish(self, job_id: str, attempt: int, status: str, error_code: str | None = None,
+    def heartbeat(self, job_id: str, index: int, attempt: int) -> bool: ...
+
+    def complete(self, job_id: str, index: int, attempt: int, computed: int) -> tuple[bool, int | None]:
+        """Data shard running -> succeeded (every input done, ``computed`` more
+        computed), if ``attempt`` owns it: (whether it did, and the join's
+        attempt when this was the last data shard: the join is then running,
+        owned by the caller)."""
+
+    def finish(self, job_id: str, index: int, attempt: int, status: str, error_code: str | None = None,
                error_message: str | None = None) -> bool:
-        """running -> succeeded / failed, if ``attempt`` still owns it."""
+        """The job running -> succeeded (by its join) / failed (by any shard), if ``attempt`` owns that shard."""
 
-    def release(self, job_id: str, attempt: int) -> bool:
-        """running -> queued: the worker stops on purpose (shutdown) and gives the job back."""
+    def release(self, job_id: str, index: int, attempt: int) -> bool:
+        """Shard running -> queued: the worker stops on purpose (shutdown) or
+        retries after an error; the job is queued again once no shard of it runs."""
 
     def cancel(self, job_id: str) -> Job | None:
         """queued / running -> cancelled; the record after the call (unchanged if finished)."""
 
-    def requeue_stale(self, cutoff: float, max_attempts: int) -> tuple[list[str], list[str]]:
-        """Running jobs whose heartbeat is older than ``cutoff``: back to queued, or failed
-        once they used ``max_attempts``. Returns (requeued ids, failed ids)."""
+    def requeue_stale(self, cutoff: float, max_attempts: int) -> tuple[list[tuple[str, int]], list[str]]:
+        """Running shards whose heartbeat is older than ``cutoff``: back to
+        queued, or their job failed once they used ``max_attempts`` (unless
+        the job skips failed shards: then queued again, for the runner to
+        write their error lines). Returns ((job id, shard) requeued, job ids failed)."""
 
     def discard(self, job_id: str) -> None:
         """Forget a job at once (its enqueue failed: a retry must not find it)."""

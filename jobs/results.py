@@ -1,7 +1,9 @@
-"""Where a job's results go: per-batch parts while it runs, one JSON-lines file
-when it is done. Local disk by default, S3-compatible storage for scale-out.
+"""Where a job's results go: one part per shard while it runs (JSON lines, in
+input order within the shard), one JSON-lines file when it is done (the join
+writes it, parts in shard order). Local disk by default, S3-compatible
+storage for scale-out.
 
-Parts make a retry cheap: a worker that takes over a job skips every batch
+Parts make a retry cheap: a worker that takes over a job skips every shard
 whose part exists. Every write is atomic (a part or the result is either whole
 or absent), so a worker killed mid-write leaves nothing half-written behind.
 
@@ -46,8 +48,25 @@ def _part_name(index: int) -> str:
     return f"{index:08d}.jsonl"
 
 
+def s3_client(endpoint_url: str | None, region: str):
+    """A boto3 S3 client (standard retries, SigV4); made per process by its users:
+    a client's connection pool must not cross a fork."""
+    import boto3  # only the scale-out path needs it
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        region_name=region,
+        config=Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"),
+    )
+
+
 class ResultStorage(Protocol):
-    def write_part(self, job_id: str, index: int, data: bytes) -> None: ...
+    def write_part(self, job_id: str, index: int, data: bytes) -> None:
+        """Shard ``index``'s results, written whole or not at all."""
+
+    def has_part(self, job_id: str, index: int) -> bool: ...
 
     def parts(self, job_id: str) -> set[int]: ...
 
@@ -102,6 +121,9 @@ class LocalResults:
 
     def write_part(self, job_id: str, index: int, data: bytes) -> None:
         self._atomic_write(self.folder(job_id) / "parts" / _part_name(index), [data])
+
+    def has_part(self, job_id: str, index: int) -> bool:
+        return (self.folder(job_id) / "parts" / _part_name(index)).is_file()
 
     def parts(self, job_id: str) -> set[int]:
         folder = self.folder(job_id) / "parts"
@@ -182,15 +204,7 @@ class S3Results:
     def client(self):
         # Made per process: a boto3 client's connection pool must not cross a fork.
         if self._client is None or self._pid != os.getpid():
-            import boto3  # only the scale-out path needs it
-            from botocore.config import Config
-
-            self._client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                region_name=self.region,
-                config=Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4"),
-            )
+            self._client = s3_client(self.endpoint_url, self.region)
             self._pid = os.getpid()
         return self._client
 
@@ -220,6 +234,9 @@ class S3Results:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(job_id, folder)):
             keys += [item["Key"] for item in page.get("Contents", [])]
         return keys
+
+    def has_part(self, job_id: str, index: int) -> bool:
+        return self._exists(self._key(job_id, "parts/" + _part_name(index)))
 
     def parts(self, job_id: str) -> set[int]:
         return {int(m.group(1)) for key in self._part_keys(job_id) if (m := _PART.search(key))}

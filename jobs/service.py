@@ -28,7 +28,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from jobs.backends import Backends, build_backends
 from jobs.presence import alive_window
-from jobs.records import FAILED, SUCCEEDED, Created, Job, WorkerBeats, new_job_id, now
+from jobs.records import FAILED, ON_ERROR_FAIL, SUCCEEDED, Created, Job, WorkerBeats, new_job_id, now, shard_inputs
+from jobs.sources import Indexed
 from jobs.results import LocalResults, S3Results
 from serving.errors import (
     Conflict,
@@ -91,6 +92,10 @@ class JobService:
     @property
     def store(self):
         return self.backends.store
+
+    @property
+    def sources(self):
+        return self.backends.sources
 
     # --- the subsystem's health ----------------------------------------------
 
@@ -184,29 +189,43 @@ class JobService:
 
     # --- jobs ------------------------------------------------------------------
 
-    def submit(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any],
-               idempotency_key: str | None = None, *, batch_size: int | None = None,
-               steps_total: int = 0, summary: dict[str, Any] | None = None) -> Created:
+    def submit(self, model: str, inputs: Sequence[Any] | Indexed, parameters: dict[str, Any],
+               idempotency_key: str | None = None, *, batch_size: int | None = None, shard_size: int | None = None,
+               on_error: str = ON_ERROR_FAIL, steps_total: int = 0, summary: dict[str, Any] | None = None) -> Created:
         """A new queued job, or the earlier one made with the same idempotency key and body.
+        ``inputs``: the inputs, or an input object's index (``jobs/sources.py``);
         ``batch_size``: inputs per model call (default ``SERVE_JOB_BATCH_SIZE``);
-        ``steps_total``: the steps its progress counts (a diffusion model's)."""
+        ``shard_size``: inputs per shard (default ``SERVE_JOB_SHARD_SIZE``; an
+        indexed object was cut already); ``on_error``: what a shard failed past
+        its last attempt does; ``steps_total``: the steps its progress counts (a diffusion model's)."""
         with backend_call("store"):
             self._check_durable()
             self._require_worker()
-        attributes = {"serve.model": model, "serve.job.inputs": len(inputs)}
+        total = inputs.total if isinstance(inputs, Indexed) else len(inputs)
+        attributes = {"serve.model": model, "serve.job.inputs": total}
         with tracing.span("job submit", attributes, SpanKind.PRODUCER) as span:
-            outcome = self._submit(model, inputs, parameters, idempotency_key, batch_size, steps_total, summary)
+            outcome = self._submit(model, inputs, parameters, idempotency_key, batch_size, shard_size, on_error,
+                                   steps_total, summary)
             if span is not None:
-                span.set_attributes({"serve.job.id": outcome.job.id, "serve.job.created": outcome.created})
+                span.set_attributes({"serve.job.id": outcome.job.id, "serve.job.created": outcome.created,
+                                     "serve.job.shards": outcome.job.shards})
             return outcome
 
-    def _submit(self, model: str, inputs: Sequence[Any], parameters: dict[str, Any], idempotency_key: str | None,
-                batch_size: int | None, steps_total: int, summary: dict[str, Any] | None) -> Created:
-        body_digest = digest(json.dumps([model, list(inputs), parameters], sort_keys=True))
+    def _submit(self, model: str, inputs: Sequence[Any] | Indexed, parameters: dict[str, Any],
+                idempotency_key: str | None, batch_size: int | None, shard_size: int | None, on_error: str,
+                steps_total: int, summary: dict[str, Any] | None) -> Created:
+        by_reference = isinstance(inputs, Indexed)
+        if by_reference:
+            uri = inputs.shards[0]["uri"]
+            size = inputs.shards[0].get("count") or len(inputs.shards[0]["members"])
+            what: Any = uri
+        else:
+            uri, size, what = None, shard_size or self.settings.job_shard_size, list(inputs)
+        body_digest = digest(json.dumps([model, what, parameters, size, on_error], sort_keys=True))
         job = Job(
             id=new_job_id(),
             model=model,
-            total=len(inputs),
+            total=inputs.total if by_reference else len(inputs),
             batch_size=batch_size or self.settings.job_batch_size,
             parameters=parameters,
             steps_total=steps_total,
@@ -214,9 +233,13 @@ class JobService:
             idempotency_key=idempotency_key,
             body_digest=body_digest,
             trace_context=tracing.carrier() or None,  # the worker's spans continue this one
+            shard_size=size,
+            on_error=on_error,
+            inputs_uri=uri,
         )
+        shards = inputs.shards if by_reference else shard_inputs(inputs, job)
         with backend_call("store"):
-            outcome = self.store.create(job, inputs)
+            outcome = self.store.create(job, shards)
         if not outcome.created:
             if outcome.job.body_digest != body_digest:
                 raise IdempotencyConflict(
@@ -232,7 +255,7 @@ class JobService:
         except Exception:
             self._undo(job.id, "result storage")
         try:
-            self.backends.queue.enqueue(job.id)
+            self.backends.queue.enqueue_shards(job.id, job.shards)
         except Exception:
             self._undo(job.id, "queue")
         return outcome

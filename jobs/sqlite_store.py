@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from jobs.records import (
-    ACTIVE, CANCELLED, FAILED, LOST, QUEUED, RUNNING, STATES, WORKER_KEPT_S, Created, Job, ModelQueue, WorkerBeats, now,
+    ACTIVE, CANCELLED, FAILED, LOST, ON_ERROR_SKIP, QUEUED, RUNNING, STATES, SUCCEEDED, WAITING, WORKER_KEPT_S,
+    Created, Job, ModelQueue, Shard, WorkerBeats, now, shard_count,
 )
 
 _SCHEMA = """
@@ -37,13 +38,33 @@ create table if not exists jobs (
     steps_done integer not null default 0,
     number integer not null default 0,
     summary text,
-    trace_context text
+    trace_context text,
+    shard_size integer not null default 0,
+    shards_done integer not null default 0,
+    on_error text not null default 'fail',
+    inputs_uri text
 );
 create index if not exists jobs_status on jobs (status, heartbeat_at);
 create index if not exists jobs_finished on jobs (finished_at);
-create table if not exists job_inputs (
-    job_id text primary key references jobs (id) on delete cascade,
-    data blob not null
+create table if not exists job_shards (
+    job_id text not null references jobs (id) on delete cascade,
+    idx integer not null,
+    status text not null,
+    attempt integer not null default 0,
+    worker text,
+    done integer not null default 0,
+    steps integer not null default 0,
+    heartbeat_at real,
+    started_at real,
+    finished_at real,
+    primary key (job_id, idx)
+);
+create index if not exists job_shards_status on job_shards (status, heartbeat_at);
+create table if not exists shard_inputs (
+    job_id text not null references jobs (id) on delete cascade,
+    idx integer not null,
+    data blob not null,
+    primary key (job_id, idx)
 );
 create table if not exists job_workers (
     id text primary key,
@@ -60,7 +81,7 @@ _COLUMNS = (
     "id", "model", "total", "batch_size", "parameters", "status", "done", "computed", "attempt",
     "created_at", "started_at", "finished_at", "heartbeat_at", "error_code", "error_message",
     "idempotency_key", "body_digest", "steps_total", "steps_done", "number", "summary",
-    "trace_context",
+    "trace_context", "shard_size", "shards_done", "on_error", "inputs_uri",
 )
 # Columns added since the first release: a jobs.db made before gets them on open.
 _ADDED = {
@@ -69,6 +90,10 @@ _ADDED = {
     "number": "integer not null default 0",
     "summary": "text",
     "trace_context": "text",
+    "shard_size": "integer not null default 0",
+    "shards_done": "integer not null default 0",
+    "on_error": "text not null default 'fail'",
+    "inputs_uri": "text",
 }
 
 
@@ -130,7 +155,7 @@ class SqliteJobStore:
         values["trace_context"] = json.loads(values["trace_context"]) if values["trace_context"] else None
         return Job(**values)
 
-    def create(self, job: Job, inputs: Sequence[Any]) -> Created:
+    def create(self, job: Job, shards: Sequence[Any]) -> Created:
         record = job.as_dict()
         record["parameters"] = json.dumps(job.parameters)
         record["summary"] = json.dumps(job.summary) if job.summary is not None else None
@@ -151,9 +176,13 @@ class SqliteJobStore:
                 f"insert into jobs ({', '.join(_COLUMNS)}) values ({', '.join('?' for _ in _COLUMNS)})",
                 [record[name] for name in _COLUMNS],
             )
-            conn.execute(
-                "insert into job_inputs (job_id, data) values (?, ?)",
-                (job.id, json.dumps(list(inputs)).encode()),
+            conn.executemany(
+                "insert into job_shards (job_id, idx, status) values (?, ?, ?)",
+                [(job.id, i, QUEUED if i < len(shards) else WAITING) for i in range(len(shards) + 1)],
+            )
+            conn.executemany(
+                "insert into shard_inputs (job_id, idx, data) values (?, ?, ?)",
+                [(job.id, i, json.dumps(spec).encode()) for i, spec in enumerate(shards)],
             )
         return Created(job, created=True)
 
@@ -164,49 +193,136 @@ class SqliteJobStore:
         row = self._conn.execute("select id from jobs where number = ?", (number,)).fetchone()
         return row["id"] if row else None
 
-    def inputs(self, job_id: str) -> list[Any]:
-        row = self._conn.execute("select data from job_inputs where job_id = ?", (job_id,)).fetchone()
-        return json.loads(row["data"]) if row else []
+    def shard_inputs(self, job_id: str, index: int) -> Any:
+        row = self._conn.execute(
+            "select data from shard_inputs where job_id = ? and idx = ?", (job_id, index)
+        ).fetchone()
+        return json.loads(row["data"]) if row else None
 
-    def claim(self, job_id: str) -> int | None:
+    def shards(self, job_id: str) -> list[Shard]:
+        rows = self._conn.execute(
+            "select job_id, idx as 'index', status, attempt, worker, done, steps, heartbeat_at, started_at,"
+            " finished_at from job_shards where job_id = ? order by idx", (job_id,)
+        )
+        return [Shard(**dict(row)) for row in rows]
+
+    def claim(self, job_id: str, index: int, worker: str) -> int | None:
         t = now()
         with self._write() as conn:
+            job = conn.execute("select status from jobs where id = ?", (job_id,)).fetchone()
+            if job is None or job["status"] not in ACTIVE:
+                return None
             row = conn.execute(
-                "update jobs set status = ?, attempt = attempt + 1, started_at = coalesce(started_at, ?),"
-                " heartbeat_at = ? where id = ? and status = ? returning attempt",
-                (RUNNING, t, t, job_id, QUEUED),
+                "update job_shards set status = ?, attempt = attempt + 1, worker = ?, heartbeat_at = ?,"
+                " started_at = coalesce(started_at, ?) where job_id = ? and idx = ? and status = ? returning attempt",
+                (RUNNING, worker, t, t, job_id, index, QUEUED),
             ).fetchone()
-        return row["attempt"] if row else None
-
-    def _owned_update(self, job_id: str, attempt: int, assignments: str, values: tuple) -> bool:
-        with self._write() as conn:
-            cursor = conn.execute(
-                f"update jobs set {assignments} where id = ? and attempt = ? and status = ?",
-                (*values, job_id, attempt, RUNNING),
+            if row is None:
+                return None
+            conn.execute(
+                "update jobs set status = ?, started_at = coalesce(started_at, ?), heartbeat_at = ?,"
+                " attempt = max(attempt, ?) where id = ?",
+                (RUNNING, t, t, row["attempt"], job_id),
             )
-        return cursor.rowcount == 1
+        return row["attempt"]
 
-    def progress(self, job_id: str, attempt: int, done: int, computed: int, steps: int = 0) -> bool:
-        return self._owned_update(
-            job_id, attempt, "done = ?, computed = computed + ?, steps_done = ?, heartbeat_at = ?",
-            (done, computed, steps, now()),
-        )
+    def _owned(self, conn: sqlite3.Connection, job_id: str, index: int, attempt: int) -> sqlite3.Row | None:
+        """The shard's row if ``attempt`` owns it and its job runs, else None (inside a write)."""
+        return conn.execute(
+            "select s.done, s.steps from job_shards s join jobs j on j.id = s.job_id"
+            " where s.job_id = ? and s.idx = ? and s.attempt = ? and s.status = ? and j.status = ?",
+            (job_id, index, attempt, RUNNING, RUNNING),
+        ).fetchone()
 
-    def heartbeat(self, job_id: str, attempt: int) -> bool:
-        return self._owned_update(job_id, attempt, "heartbeat_at = ?", (now(),))
+    def progress(self, job_id: str, index: int, attempt: int, done: int, computed: int, steps: int = 0) -> bool:
+        t = now()
+        with self._write() as conn:
+            shard = self._owned(conn, job_id, index, attempt)
+            if shard is None:
+                return False
+            conn.execute(
+                "update job_shards set done = ?, steps = ?, heartbeat_at = ? where job_id = ? and idx = ?",
+                (done, steps, t, job_id, index),
+            )
+            conn.execute(
+                "update jobs set done = done + ?, steps_done = steps_done + ?, computed = computed + ?,"
+                " heartbeat_at = ? where id = ?",
+                (done - shard["done"], steps - shard["steps"], computed, t, job_id),
+            )
+        return True
 
-    def finish(self, job_id: str, attempt: int, status: str, error_code: str | None = None,
+    def heartbeat(self, job_id: str, index: int, attempt: int) -> bool:
+        t = now()
+        with self._write() as conn:
+            if self._owned(conn, job_id, index, attempt) is None:
+                return False
+            conn.execute("update job_shards set heartbeat_at = ? where job_id = ? and idx = ?", (t, job_id, index))
+            conn.execute("update jobs set heartbeat_at = ? where id = ?", (t, job_id))
+        return True
+
+    def complete(self, job_id: str, index: int, attempt: int, computed: int) -> tuple[bool, int | None]:
+        t = now()
+        with self._write() as conn:
+            shard = self._owned(conn, job_id, index, attempt)
+            if shard is None:
+                return False, None
+            job = self._job(conn.execute("select * from jobs where id = ?", (job_id,)).fetchone())
+            lo, hi = job.shard_range(index)
+            conn.execute(
+                "update job_shards set status = ?, done = ?, heartbeat_at = ?, finished_at = ? where job_id = ? and idx = ?",
+                (SUCCEEDED, hi - lo, t, t, job_id, index),
+            )
+            conn.execute("delete from shard_inputs where job_id = ? and idx = ?", (job_id, index))
+            conn.execute(
+                "update jobs set done = done + ?, computed = computed + ?, shards_done = shards_done + 1,"
+                " heartbeat_at = ? where id = ?",
+                (hi - lo - shard["done"], computed, t, job_id),
+            )
+            if job.shards_done + 1 < job.shards:
+                return True, None
+            (join,) = conn.execute(
+                "update job_shards set status = ?, attempt = attempt + 1, worker = (select worker from job_shards"
+                " where job_id = ? and idx = ?), heartbeat_at = ?, started_at = ? where job_id = ? and idx = ?"
+                " returning attempt",
+                (RUNNING, job_id, index, t, t, job_id, job.shards),
+            ).fetchone()
+        return True, join
+
+    def finish(self, job_id: str, index: int, attempt: int, status: str, error_code: str | None = None,
                error_message: str | None = None) -> bool:
-        finished = self._owned_update(
-            job_id, attempt, "status = ?, finished_at = ?, error_code = ?, error_message = ?",
-            (status, now(), error_code, error_message),
-        )
-        if finished:  # a finished job's inputs are never read again
-            self._conn.execute("delete from job_inputs where job_id = ?", (job_id,))
-        return finished
+        t = now()
+        with self._write() as conn:
+            if self._owned(conn, job_id, index, attempt) is None:
+                return False
+            conn.execute(
+                "update job_shards set status = ?, finished_at = ? where job_id = ? and idx = ?",
+                (status, t, job_id, index),
+            )
+            conn.execute(
+                "update jobs set status = ?, finished_at = ?, error_code = ?, error_message = ? where id = ?",
+                (status, t, error_code, error_message, job_id),
+            )
+            self._stop_shards(conn, job_id)
+            # A finished job's inputs are never read again.
+            conn.execute("delete from shard_inputs where job_id = ?", (job_id,))
+        return True
 
-    def release(self, job_id: str, attempt: int) -> bool:
-        return self._owned_update(job_id, attempt, "status = ?", (QUEUED,))
+    def release(self, job_id: str, index: int, attempt: int) -> bool:
+        with self._write() as conn:
+            if self._owned(conn, job_id, index, attempt) is None:
+                return False
+            conn.execute("update job_shards set status = ? where job_id = ? and idx = ?", (QUEUED, job_id, index))
+            self._queued_when_idle(conn, job_id)
+        return True
+
+    @staticmethod
+    def _queued_when_idle(conn: sqlite3.Connection, job_id: str) -> None:
+        """A running job none of whose shards runs is waiting for a worker: queued."""
+        conn.execute(
+            "update jobs set status = ? where id = ? and status = ? and not exists"
+            " (select 1 from job_shards where job_id = ? and status = ?)",
+            (QUEUED, job_id, RUNNING, job_id, RUNNING),
+        )
 
     def cancel(self, job_id: str) -> Job | None:
         with self._write() as conn:
@@ -215,25 +331,51 @@ class SqliteJobStore:
                 (CANCELLED, now(), job_id, *ACTIVE),
             )
             if cursor.rowcount:
-                conn.execute("delete from job_inputs where job_id = ?", (job_id,))
+                self._stop_shards(conn, job_id)
+                conn.execute("delete from shard_inputs where job_id = ?", (job_id,))
         return self.get(job_id)
 
-    def requeue_stale(self, cutoff: float, max_attempts: int) -> tuple[list[str], list[str]]:
+    @staticmethod
+    def _stop_shards(conn: sqlite3.Connection, job_id: str) -> None:
+        """The shards of a job that finished and have not: cancelled (a runner's next save fails)."""
+        conn.execute(
+            "update job_shards set status = ?, finished_at = ? where job_id = ? and status in (?, ?, ?)",
+            (CANCELLED, now(), job_id, QUEUED, RUNNING, WAITING),
+        )
+
+    def requeue_stale(self, cutoff: float, max_attempts: int) -> tuple[list[tuple[str, int]], list[str]]:
+        t = now()
+        requeued: list[tuple[str, int]] = []
+        failed: list[str] = []
         with self._write() as conn:
-            failed = [
-                row["id"] for row in conn.execute(
-                    "update jobs set status = ?, finished_at = ?, error_code = 'worker_lost',"
-                    " error_message = 'the worker running this job stopped answering, ' || attempt || ' time(s)'"
-                    " where status = ? and heartbeat_at < ? and attempt >= ? returning id",
-                    (FAILED, now(), RUNNING, cutoff, max_attempts),
-                ).fetchall()
-            ]
-            requeued = [
-                row["id"] for row in conn.execute(
-                    "update jobs set status = ? where status = ? and heartbeat_at < ? returning id",
-                    (QUEUED, RUNNING, cutoff),
-                ).fetchall()
-            ]
+            stale = conn.execute(
+                "select s.job_id, s.idx, s.attempt, j.status, j.on_error, j.total, j.shard_size from job_shards s"
+                " join jobs j on j.id = s.job_id where s.status = ? and s.heartbeat_at < ?",
+                (RUNNING, cutoff),
+            ).fetchall()
+            for row in stale:
+                job_id, index = row["job_id"], row["idx"]
+                if row["status"] != RUNNING:  # its job finished meanwhile: the shard is let go
+                    conn.execute("update job_shards set status = ? where job_id = ? and idx = ?",
+                                 (CANCELLED, job_id, index))
+                    continue
+                join = index == shard_count(row["total"], row["shard_size"])
+                if row["attempt"] >= max_attempts and (join or row["on_error"] != ON_ERROR_SKIP):
+                    conn.execute("update job_shards set status = ?, finished_at = ? where job_id = ? and idx = ?",
+                                 (FAILED, t, job_id, index))
+                    conn.execute(
+                        "update jobs set status = ?, finished_at = ?, error_code = 'worker_lost', error_message = ?"
+                        " where id = ?",
+                        (FAILED, t, f"the worker running shard {index} of this job stopped answering,"
+                                    f" {row['attempt']} time(s)", job_id),
+                    )
+                    self._stop_shards(conn, job_id)
+                    conn.execute("delete from shard_inputs where job_id = ?", (job_id,))
+                    failed.append(job_id)
+                    continue
+                conn.execute("update job_shards set status = ? where job_id = ? and idx = ?", (QUEUED, job_id, index))
+                self._queued_when_idle(conn, job_id)
+                requeued.append((job_id, index))
         return requeued, failed
 
     def discard(self, job_id: str) -> None:
@@ -271,7 +413,7 @@ class SqliteJobStore:
     def active(self) -> dict[str, ModelQueue]:
         found: dict[str, ModelQueue] = {}
         rows = self._conn.execute(
-            "select model, status, count(*) as jobs, sum(total) as inputs, min(created_at) as oldest"
+            "select model, status, count(*) as jobs, sum(total - done) as inputs, min(created_at) as oldest"
             " from jobs where status in (?, ?) group by model, status",
             ACTIVE,
         )

@@ -36,12 +36,7 @@ def _json_lines(data: bytes, task: Task, max_inputs: int) -> list[Any]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        field = f"inputs line {number}"
-        try:
-            value = json.loads(line)
-        except ValueError:
-            raise invalid(field, "not valid JSON") from None
-        inputs.append(task.item_from_line(value, field))
+        inputs.append(line_item(task, line, f"inputs line {number}"))
         if len(inputs) > max_inputs:
             raise invalid("inputs", f"at most {max_inputs} inputs per job")
     if not inputs:
@@ -49,34 +44,55 @@ def _json_lines(data: bytes, task: Task, max_inputs: int) -> list[Any]:
     return inputs
 
 
-def _zip_files(stream: IO[bytes], task: Task, max_inputs: int, max_item_bytes: int) -> list[Any]:
-    """Every file of the archive, in name order, as the task reads a file (folders and dot files skipped)."""
+def line_item(task: Task, line: str | bytes, field: str) -> Any:
+    """One JSON line as the task reads a line of an inputs file."""
     try:
-        archive = zipfile.ZipFile(stream)
+        value = json.loads(line)
+    except ValueError:
+        raise invalid(field, "not valid JSON") from None
+    return task.item_from_line(value, field)
+
+
+def open_zip(stream: IO[bytes]) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(stream)
     except zipfile.BadZipFile:
         raise InvalidInput("the inputs file is not a valid zip file") from None
-    members = sorted(
+
+
+def zip_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The archive's inputs: its files in name order (folders, dot files and ``__MACOSX/`` skipped)."""
+    return sorted(
         (info for info in archive.infolist()
          if not info.is_dir() and not info.filename.startswith("__MACOSX/")
          and not info.filename.rsplit("/", 1)[-1].startswith(".")),
         key=lambda info: info.filename,
     )
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_item_bytes: int) -> bytes:
+    """One member's bytes, read no further than the limit whatever its header claims."""
+    if info.file_size > max_item_bytes:
+        raise PayloadTooLarge(f"{info.filename} is larger than {max_item_bytes} bytes")
+    try:
+        with archive.open(info) as member:
+            raw = member.read(max_item_bytes + 1)  # never trust the header's size
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, ValueError):
+        raise InvalidInput(f"{info.filename} cannot be read from the zip file") from None
+    if len(raw) > max_item_bytes:
+        raise PayloadTooLarge(f"{info.filename} is larger than {max_item_bytes} bytes")
+    return raw
+
+
+def _zip_files(stream: IO[bytes], task: Task, max_inputs: int, max_item_bytes: int) -> list[Any]:
+    """Every file of the archive, in name order, as the task reads a file."""
+    archive = open_zip(stream)
+    members = zip_members(archive)
     if not members:
         raise invalid("inputs", "the zip file holds no files")
     if len(members) > max_inputs:
         raise invalid("inputs", f"at most {max_inputs} inputs per job, the zip holds {len(members)}")
     if not task.takes_files:
         raise invalid("inputs", f"a zip of images needs an image model; {task.model.name!r} does {task.name}")
-    items: list[Any] = []
-    for info in members:
-        if info.file_size > max_item_bytes:
-            raise PayloadTooLarge(f"{info.filename} is larger than {max_item_bytes} bytes")
-        try:
-            with archive.open(info) as member:
-                raw = member.read(max_item_bytes + 1)  # never trust the header's size
-        except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError, ValueError):
-            raise InvalidInput(f"{info.filename} cannot be read from the zip file") from None
-        if len(raw) > max_item_bytes:
-            raise PayloadTooLarge(f"{info.filename} is larger than {max_item_bytes} bytes")
-        items.append(task.item_from_file(raw, f"inputs {info.filename}"))
-    return items
+    return [task.item_from_file(read_member(archive, info, max_item_bytes), f"inputs {info.filename}")
+            for info in members]

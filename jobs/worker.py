@@ -120,7 +120,8 @@ def build_consumer(settings: Settings, presence: Presence) -> JobConsumer:
     # prediction cache is left to interactive traffic.
     predictor = Predictor(registry, NullCache(), batching=False, limits=Limits.from_settings(settings))
     install_runner(
-        JobRunner(backends.store, backends.results, predictor, settings.job_heartbeat_s, backends.queue.enqueue)
+        JobRunner(backends.store, backends.results, predictor, settings.job_heartbeat_s, backends.queue.enqueue,
+                  max_attempts=settings.job_max_attempts, sources=backends.sources)
     )
     huey = backends.queue.huey
     threads = compute_threads(settings)

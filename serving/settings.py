@@ -188,7 +188,15 @@ class Settings(BaseSettings):
         7 * 24 * 3600, gt=0, description="Seconds a finished job's record and results are kept."
     )
     job_max_inputs: int = Field(100_000, gt=0, description="Most inputs one job may carry (422 above).")
-    job_batch_size: int = Field(64, gt=0, description="Inputs per model call in a job worker; progress is saved per batch.")
+    job_batch_size: int = Field(64, gt=0, description="Inputs per model call in a job worker.")
+    job_shard_size: int = Field(
+        2000, gt=0, description="Inputs per shard of a job: each shard is its own queue message, taken by any idle "
+        "job worker process, retried and saved on its own (a request's shard_size overrides it)."
+    )
+    job_input_uris: str = Field(
+        "", description="Comma-separated S3 prefixes (s3://bucket/inputs/) and local folders from which POST /v1/jobs "
+        "may read its inputs_uri; empty: inputs by reference are refused."
+    )
     job_workers: int = Field(1, gt=0, description="Processes of one job worker (make worker), forked after the models load.")
     job_heartbeat_s: float = Field(2.0, gt=0, description="Seconds between a running job's heartbeats.")
     job_metrics_port: int = Field(

@@ -32,3 +32,21 @@ class SlowClassifier(ModelAdapter):
                 file.write(f"{os.getpid()} {seconds}\n")
         time.sleep(seconds)
         return [Classification("done", {"done": 1.0}) for _ in batch]
+
+
+class PacedClassifier(ModelAdapter):
+    """A text classifier whose every call takes ``SLOW_ADAPTER_PACE_S`` (0.05 s
+    by default), whatever its batch: a job's shards take long enough for every
+    worker process to take some. Its answer depends on the text (``even`` or
+    ``odd`` by length), so that results in the wrong order or of the wrong
+    input show."""
+
+    task = TEXT_CLASSIFICATION
+
+    def load(self) -> None:
+        self.labels = ["even", "odd"]
+        self.pace = float(os.environ.get("SLOW_ADAPTER_PACE_S", "0.05"))
+
+    def predict(self, batch: Sequence[str]) -> list[Classification]:
+        time.sleep(self.pace)
+        return [Classification(label, {label: 1.0}) for label in (self.labels[len(t) % 2] for t in batch)]

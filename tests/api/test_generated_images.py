@@ -63,8 +63,8 @@ class Worker:
         store = self.backends.store
         save = store.progress
 
-        def progress(job, attempt, done, computed, steps=0):
-            saved = save(job, attempt, done, computed, steps)
+        def progress(job, shard, attempt, done, computed, steps=0):
+            saved = save(job, shard, attempt, done, computed, steps)
             self.steps.append(steps)
             if self.on_step is not None:
                 self.on_step(steps)
@@ -72,7 +72,10 @@ class Worker:
 
         store.progress = progress
         try:
-            JobRunner(store, self.backends.results, self.predictor, heartbeat_s=5, requeue=self.backends.queue.enqueue)(job_id)
+            runner = JobRunner(store, self.backends.results, self.predictor, heartbeat_s=5,
+                               requeue=self.backends.queue.enqueue)
+            for shard in range(store.get(job_id).shards):  # an image per shard; the last one joins
+                runner(job_id, shard)
         finally:
             store.progress = save
 

@@ -30,7 +30,8 @@ def run_queued(app, registry, job_id: str) -> None:
     backends = app.extensions[JOBS_EXTENSION].backends
     runner = JobRunner(backends.store, backends.results, Predictor(registry, batching=False),
                        heartbeat_s=5, requeue=backends.queue.enqueue)
-    runner(job_id)
+    for shard in range(backends.store.get(job_id).shards):
+        runner(job_id, shard)
 
 
 def submit(client, body: dict, **headers):

@@ -255,8 +255,9 @@ class S3Server(Process):
     """moto's S3-compatible server on a free loopback port, with one bucket."""
 
     ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    DEFAULT_BUCKET = "serve-jobs"
 
-    def __init__(self, tmp: Path, bucket: str = "serve-jobs") -> None:
+    def __init__(self, tmp: Path, bucket: str = DEFAULT_BUCKET) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.bucket = bucket

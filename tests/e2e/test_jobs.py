@@ -20,7 +20,8 @@ from tests.e2e.server import GunicornServer, JobStack, JobWorker, free_port, wai
 
 pytestmark = pytest.mark.e2e
 
-BATCH = 2  # small batches: a 500-input job has 250 saved steps to watch
+BATCH = 2  # small batches: a 500-input job has 250 model calls
+SHARD = 100  # and 5 shards, each saved on its own: the steps of progress to watch
 
 ADJECTIVES = ["warm", "dull", "brilliant", "tedious", "moving", "clumsy", "sharp", "lifeless", "funny", "bland"]
 NOUNS = ["film", "script", "cast", "ending", "score", "plot", "comedy", "thriller", "sequel", "debut"]
@@ -36,9 +37,10 @@ def texts(count: int, seed: int = 0) -> list[str]:
 
 
 class Stack(JobStack):
-    def submit(self, inputs: list[str], **headers: str) -> requests.Response:
-        return requests.post(f"{self.url}/v1/jobs", json={"model": "sentiment", "inputs": inputs},
-                             headers=headers, timeout=30)
+    def submit(self, inputs: list[str], model: str = "sentiment", shard_size: int | None = None,
+               **headers: str) -> requests.Response:
+        body = {"model": model, "inputs": inputs, **({"shard_size": shard_size} if shard_size else {})}
+        return requests.post(f"{self.url}/v1/jobs", json=body, headers=headers, timeout=30)
 
     def job(self, job_id: str) -> dict:
         r = requests.get(f"{self.url}/v1/jobs/{job_id}", timeout=30)
@@ -84,6 +86,7 @@ def stack(request, tmp_path_factory):
         "SERVE_MODEL_REPOSITORY": str(REPO_ROOT / "models"),
         "SERVE_MODELS": "sentiment,faces",
         "SERVE_JOB_BATCH_SIZE": str(BATCH),
+        "SERVE_JOB_SHARD_SIZE": str(SHARD),
         "SERVE_JOB_HEARTBEAT_S": "0.5",
         "SERVE_JOB_VISIBILITY_TIMEOUT_S": "3",
         "WORKERS": "2",
@@ -164,14 +167,14 @@ def test_a_stopped_worker_hands_its_job_back_at_once(stack):
     stack.worker = JobWorker(stack.server, name="worker-after-stop").start()
     final = stack.wait(job_id, lambda job: job["status"] not in ("queued", "running"), "finish after restart")
     assert final["status"] == "succeeded" and final["attempts"] == 2
-    assert final["computed"] <= 1000 + BATCH
+    assert final["computed"] <= 1000 + SHARD  # at most the shard in flight computed again
 
 
 def test_a_killed_worker_leaves_the_job_to_the_next_one_without_recomputing(stack):
     inputs = texts(1000, seed=4)
     job_id = stack.submit(inputs).json()["id"]
     running = stack.wait(
-        job_id, lambda job: job["status"] == "running" and job["progress"]["done"] >= 5 * BATCH, "progress"
+        job_id, lambda job: job["status"] == "running" and job["progress"]["done"] >= 2 * SHARD, "progress"
     )
     stack.worker.kill()
     at_kill = stack.job(job_id)
@@ -182,9 +185,8 @@ def test_a_killed_worker_leaves_the_job_to_the_next_one_without_recomputing(stac
     final = stack.wait(job_id, lambda job: job["status"] not in ("queued", "running"), "finish after restart")
     assert final["status"] == "succeeded", final
     assert final["attempts"] == 2
-    # Saved batches were not run again: at most the batch in flight at the kill
-    # (one batch may be saved but not yet counted when the kill lands).
-    assert 1000 - BATCH <= final["computed"] <= 1000 + BATCH < 1000 + at_kill["progress"]["done"]
+    # Saved shards were not run again: at most the shard in flight at the kill.
+    assert 1000 <= final["computed"] <= 1000 + SHARD < 1000 + at_kill["progress"]["done"]
     assert "stopped answering; queued again" in stack.worker.log()
     lines = stack.results(job_id)
     assert [line["index"] for line in lines] == list(range(1000))
@@ -281,7 +283,7 @@ def test_forked_job_processes_run_a_torch_model_and_jobs_side_by_side(model_repo
         images = [b64(jpeg_bytes(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)))
                   for i in range(6)]
         stack = Stack("embedded", server, worker)
-        slow = stack.submit(texts(6000, seed=6)).json()["id"]
+        slow = stack.submit(texts(6000, seed=6), shard_size=6000).json()["id"]  # one shard: one process
         stack.wait(slow, lambda job: job["status"] == "running", "the text job to start")
         r = requests.post(f"{server.url}/v1/jobs", json={"model": "tiny-yolos", "inputs": images}, timeout=30)
         torch_job = r.json()["id"]
@@ -292,6 +294,6 @@ def test_forked_job_processes_run_a_torch_model_and_jobs_side_by_side(model_repo
         lines = [json.loads(line) for line in requests.get(f"{server.url}/v1/jobs/{torch_job}/result", timeout=30).text.splitlines()]
         assert [(line["output"]["width"], line["output"]["height"]) for line in lines] == [(64, 48)] * 6
         records = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
-        runners = {r["pid"] for r in records if r["logger"] == "jobs.runner" and re.match(r"job \w+: attempt", r["message"])}
+        runners = {r["pid"] for r in records if r["logger"] == "jobs.runner" and re.match(r"job \w+ shard \d+/\d+: attempt", r["message"])}
         assert len(runners) == 2
         stack.wait(slow, lambda job: job["status"] == "succeeded", "the text job")

@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from jobs.records import (
-    CANCELLED, FAILED, LOST, QUEUED, RUNNING, STATES, SUCCEEDED, Job, WorkerBeats, new_job_id, now,
+    CANCELLED, FAILED, LOST, QUEUED, RUNNING, STATES, SUCCEEDED, WAITING, Job, WorkerBeats, new_job_id, now,
+    shard_inputs,
 )
 from jobs.redis_store import RedisJobStore
 from jobs.results import LocalResults, S3Results
@@ -38,104 +39,118 @@ def store(request, tmp_path):
     return RedisJobStore(redis_server.url, namespace=f"test-{new_job_id()}")
 
 
-def job(total: int = 10, key: str | None = None, digest: str = "d1") -> Job:
-    return Job(id=new_job_id(), model="sentiment", total=total, batch_size=3,
+W = "host:1"  # the worker that claims
+
+
+def job(total: int = 10, key: str | None = None, digest: str = "d1", shard_size: int = 0) -> Job:
+    return Job(id=new_job_id(), model="sentiment", total=total, batch_size=3, shard_size=shard_size,
                parameters={"maxResults": 5}, idempotency_key=key, body_digest=digest)
 
 
+def create(store, record: Job, inputs: list):
+    """Record ``record`` with ``inputs`` cut into its shards (one, unless ``shard_size`` says)."""
+    return store.create(record, shard_inputs(inputs, record))
+
+
+def succeed(store, job_id: str, attempt: int) -> bool:
+    """A one-shard job's shard completes, and its join (owned at once) finishes the job."""
+    completed, join = store.complete(job_id, 0, attempt, 0)
+    return completed and join is not None and store.finish(job_id, 1, join, SUCCEEDED)
+
+
 def test_create_get_and_inputs_round_trip(store):
-    made = store.create(job(key="k"), ["a", "b"])
+    made = create(store, job(key="k"), ["a", "b"])
     assert made.created
     got = store.get(made.job.id)
     assert got == made.job
     assert got.status == QUEUED and got.started_at is None and got.parameters == {"maxResults": 5}
-    assert store.inputs(made.job.id) == ["a", "b"]
+    assert store.shard_inputs(made.job.id, 0) == ["a", "b"]
     assert store.get(new_job_id()) is None
 
 
 def test_an_idempotency_key_gives_back_the_first_job(store):
-    first = store.create(job(key="same", digest="one"), ["a"])
-    second = store.create(job(key="same", digest="two"), ["b"])
+    first = create(store, job(key="same", digest="one"), ["a"])
+    second = create(store, job(key="same", digest="two"), ["b"])
     assert not second.created
     assert second.job.id == first.job.id and second.job.body_digest == "one"
-    assert store.create(job(key=None), ["c"]).created and store.create(job(key=None), ["c"]).created
+    assert create(store, job(key=None), ["c"]).created and create(store, job(key=None), ["c"]).created
 
 
 def test_claim_progress_and_finish_belong_to_one_attempt(store):
-    job_id = store.create(job(), ["x"] * 10).job.id
-    assert store.claim(job_id) == 1
-    assert store.claim(job_id) is None  # a second message for the same job
-    assert store.progress(job_id, 1, 3, 3)
-    assert not store.progress(job_id, 2, 6, 3)  # not the owner
-    assert store.heartbeat(job_id, 1)
+    job_id = create(store, job(), ["x"] * 10).job.id
+    assert store.claim(job_id, 0, W) == 1
+    assert store.claim(job_id, 0, W) is None  # a second message for the same job
+    assert store.progress(job_id, 0, 1, 3, 3)
+    assert not store.progress(job_id, 0, 2, 6, 3)  # not the owner
+    assert store.heartbeat(job_id, 0, 1)
     running = store.get(job_id)
     assert (running.status, running.done, running.computed, running.attempt) == (RUNNING, 3, 3, 1)
     assert running.started_at and running.heartbeat_at
-    assert store.inputs(job_id) == ["x"] * 10
-    assert store.finish(job_id, 1, SUCCEEDED)
-    assert store.inputs(job_id) == []  # never read again: not kept for the retention period
-    assert not store.finish(job_id, 1, FAILED, "x", "y")  # finished stays finished
+    assert store.shard_inputs(job_id, 0) == ["x"] * 10
+    assert succeed(store, job_id, 1)
+    assert store.shard_inputs(job_id, 0) is None  # never read again: not kept for the retention period
+    assert not store.finish(job_id, 0, 1, FAILED, "x", "y")  # finished stays finished
     done = store.get(job_id)
     assert done.status == SUCCEEDED and done.finished_at >= done.started_at and done.error_code is None
 
 
 def test_cancel_stops_the_owner_and_leaves_finished_jobs_alone(store):
-    job_id = store.create(job(), ["x"]).job.id
-    store.claim(job_id)
+    job_id = create(store, job(), ["x"]).job.id
+    store.claim(job_id, 0, W)
     assert store.cancel(job_id).status == CANCELLED
-    assert store.inputs(job_id) == []
-    assert not store.progress(job_id, 1, 1, 1)
-    assert not store.heartbeat(job_id, 1)
+    assert store.shard_inputs(job_id, 0) is None
+    assert not store.progress(job_id, 0, 1, 1, 1)
+    assert not store.heartbeat(job_id, 0, 1)
     assert store.cancel(job_id).status == CANCELLED
-    other = store.create(job(), ["x"]).job.id
-    store.claim(other)
-    store.finish(other, 1, FAILED, "boom", "it broke")
+    other = create(store, job(), ["x"]).job.id
+    store.claim(other, 0, W)
+    store.finish(other, 0, 1, FAILED, "boom", "it broke")
     assert store.cancel(other).status == FAILED
     assert store.cancel(new_job_id()) is None
-    queued = store.create(job(), ["x"]).job.id
+    queued = create(store, job(), ["x"]).job.id
     assert store.cancel(queued).status == CANCELLED
-    assert store.claim(queued) is None
+    assert store.claim(queued, 0, W) is None
 
 
 def test_stale_jobs_are_requeued_then_failed_after_the_last_attempt(store):
-    job_id = store.create(job(), ["x"]).job.id
-    assert store.claim(job_id) == 1
+    job_id = create(store, job(), ["x"]).job.id
+    assert store.claim(job_id, 0, W) == 1
     assert store.requeue_stale(now() - 60, max_attempts=2) == ([], [])  # fresh heartbeat
-    assert store.requeue_stale(now() + 1, max_attempts=2) == ([job_id], [])
+    assert store.requeue_stale(now() + 1, max_attempts=2) == ([(job_id, 0)], [])
     assert store.get(job_id).status == QUEUED
-    assert not store.progress(job_id, 1, 1, 1)  # the lost worker, back from the dead
-    assert store.claim(job_id) == 2
+    assert not store.progress(job_id, 0, 1, 1, 1)  # the lost worker, back from the dead
+    assert store.claim(job_id, 0, W) == 2
     assert store.requeue_stale(now() + 1, max_attempts=2) == ([], [job_id])
     lost = store.get(job_id)
     assert lost.status == FAILED and lost.error_code == "worker_lost" and "2 time(s)" in lost.error_message
 
 
 def test_discard_forgets_a_job_and_its_key(store):
-    job_id = store.create(job(key="gone"), ["x"]).job.id
+    job_id = create(store, job(key="gone"), ["x"]).job.id
     store.discard(job_id)
-    assert store.get(job_id) is None and store.inputs(job_id) == []
-    assert store.create(job(key="gone"), ["y"]).created
+    assert store.get(job_id) is None and store.shard_inputs(job_id, 0) is None
+    assert create(store, job(key="gone"), ["y"]).created
 
 
 def test_release_hands_a_job_back(store):
-    job_id = store.create(job(), ["x"]).job.id
-    store.claim(job_id)
-    assert store.release(job_id, 1)
+    job_id = create(store, job(), ["x"]).job.id
+    store.claim(job_id, 0, W)
+    assert store.release(job_id, 0, 1)
     assert store.get(job_id).status == QUEUED
-    assert store.claim(job_id) == 2
+    assert store.claim(job_id, 0, W) == 2
 
 
 def test_purge_drops_finished_jobs_past_retention_and_frees_their_key(store):
-    old = store.create(job(key="old"), ["x"]).job.id
-    store.claim(old)
-    store.finish(old, 1, SUCCEEDED)
-    running = store.create(job(), ["x"]).job.id
-    store.claim(running)
+    old = create(store, job(key="old"), ["x"]).job.id
+    store.claim(old, 0, W)
+    succeed(store, old, 1)
+    running = create(store, job(), ["x"]).job.id
+    store.claim(running, 0, W)
     assert store.purge(now() - 3600) == []
     assert store.purge(now() + 1) == [old]
-    assert store.get(old) is None and store.inputs(old) == []
+    assert store.get(old) is None and store.shard_inputs(old, 0) is None
     assert store.get(running).status == RUNNING
-    assert store.create(job(key="old"), ["y"]).created
+    assert create(store, job(key="old"), ["y"]).created
 
 
 @pytest.fixture(params=["disk", "s3"])
@@ -179,33 +194,33 @@ def test_the_sweep_requeues_lost_jobs_and_purges_expired_ones(tmp_path):
                         job_retention_s=1, job_max_attempts=2)
     backends = build_backends(settings)
     store, results = backends.store, backends.results
-    lost = store.create(job(), ["x"]).job.id
-    store.claim(lost)
-    expired = store.create(job(), ["x"]).job.id
-    store.claim(expired)
+    lost = create(store, job(), ["x"]).job.id
+    store.claim(lost, 0, W)
+    expired = create(store, job(), ["x"]).job.id
+    store.claim(expired, 0, W)
     results.write_part(expired, 0, b'{"index":0}\n')
     results.finalize(expired, 1)
-    store.finish(expired, 1, SUCCEEDED)
-    kept = store.create(job(), ["x"]).job.id
-    store.claim(kept)
+    succeed(store, expired, 1)
+    kept = create(store, job(), ["x"]).job.id
+    store.claim(kept, 0, W)
     # Backdate: the lost job's heartbeat and the expired job's finish are 5 s old.
-    store._conn.execute("update jobs set heartbeat_at = heartbeat_at - 5 where id = ?", (lost,))
+    store._conn.execute("update job_shards set heartbeat_at = heartbeat_at - 5 where job_id = ?", (lost,))
     store._conn.execute("update jobs set finished_at = finished_at - 5 where id = ?", (expired,))
 
     requeued, failed, purged, lost_deleted = Maintenance(settings, backends).sweep()
-    assert (requeued, failed, purged, lost_deleted) == ([lost], [], [expired], [])
+    assert (requeued, failed, purged, lost_deleted) == ([(lost, 0)], [], [expired], [])
     assert store.get(lost).status == QUEUED and store.get(kept).status == RUNNING
     assert store.get(expired) is None and not results.has_result(expired)
     # The lost job is back on huey's SQLite queue, for any worker to take.
     assert backends.queue.huey.pending_count() == 1
-    assert backends.queue.huey.pending()[0].args == (lost,)
+    assert backends.queue.huey.pending()[0].args == (lost, 0)
 
 
 def test_counts_by_status_follow_every_transition(store):
     """The counts equal the statuses of the records, after each kind of change
     (the Redis store keeps counters in its scripts, SQLite counts rows)."""
-    made = [store.create(job(key=f"k{i}" if i % 2 else None), ["x"]).job.id for i in range(8)]
-    store.create(job(key="k1"), ["again"])  # an idempotent replay makes no job
+    made = [create(store, job(key=f"k{i}" if i % 2 else None), ["x"]).job.id for i in range(8)]
+    create(store, job(key="k1"), ["again"])  # an idempotent replay makes no job
 
     def expected() -> dict[str, int]:
         statuses = Counter(record.status for record in map(store.get, made) if record is not None)
@@ -218,20 +233,20 @@ def test_counts_by_status_follow_every_transition(store):
 
     assert counted() == expected() == {**dict.fromkeys(STATES, 0), QUEUED: 8}
     for job_id in made[:6]:
-        store.claim(job_id)
-    store.claim(made[0])  # not queued any more: no change
+        store.claim(job_id, 0, W)
+    store.claim(made[0], 0, W)  # not queued any more: no change
     assert counted() == expected()
-    store.finish(made[0], 1, SUCCEEDED)
-    store.finish(made[1], 1, FAILED, "boom", "it broke")
-    store.finish(made[1], 1, SUCCEEDED)  # finished stays finished
+    succeed(store, made[0], 1)
+    store.finish(made[1], 0, 1, FAILED, "boom", "it broke")
+    succeed(store, made[1], 1)  # finished stays finished
     store.cancel(made[2])  # running -> cancelled
     store.cancel(made[6])  # queued -> cancelled
     store.cancel(made[0])  # succeeded: unchanged
-    store.release(made[3], 1)
+    store.release(made[3], 0, 1)
     assert counted() == expected()
     store.requeue_stale(now() + 1, max_attempts=1)  # made[4], made[5]: failed (1 attempt used)
     assert counted() == expected()
-    store.claim(made[3])
+    store.claim(made[3], 0, W)
     store.requeue_stale(now() + 1, max_attempts=5)  # made[3]: queued again
     store.discard(made[7])
     store.discard(new_job_id())  # unknown: no change
@@ -245,8 +260,8 @@ def test_counts_by_status_follow_every_transition(store):
 
 
 def test_known_tells_which_ids_have_a_record(store):
-    kept = store.create(job(), ["x"]).job.id
-    gone = store.create(job(), ["x"]).job.id
+    kept = create(store, job(), ["x"]).job.id
+    gone = create(store, job(), ["x"]).job.id
     store.discard(gone)
     assert store.known([kept, gone, new_job_id()]) == {kept}
     assert store.known([]) == set()
@@ -328,7 +343,7 @@ def test_the_sweep_deletes_what_is_left_of_lost_jobs_once_old_enough(tmp_path):
     settings = Settings(_env_file=None, jobs_dir=tmp_path / "jobs", job_orphan_age_s=60)
     backends = build_backends(settings)
     store, results = backends.store, backends.results
-    kept, fresh, old = (store.create(job(), ["x"]).job.id for _ in range(3))
+    kept, fresh, old = (create(store, job(), ["x"]).job.id for _ in range(3))
     for job_id in (kept, fresh, old):
         results.write_marker(job_id, {"id": job_id})
         results.write_part(job_id, 0, b'{"index":0}\n')
@@ -363,32 +378,32 @@ def test_a_worker_beats_from_a_thread_while_its_models_load_and_stops_cleanly(st
 
 
 def test_jobs_are_numbered_in_order_and_found_by_number(store):
-    first = store.create(job(), ["a"]).job
-    second = store.create(job(), ["b"]).job
-    replay_key = store.create(job(key="again"), ["c"]).job
-    assert store.create(job(key="again"), ["c"]).job.number == replay_key.number  # a replay is not a new number
+    first = create(store, job(), ["a"]).job
+    second = create(store, job(), ["b"]).job
+    replay_key = create(store, job(key="again"), ["c"]).job
+    assert create(store, job(key="again"), ["c"]).job.number == replay_key.number  # a replay is not a new number
     assert first.number >= 1 and second.number == first.number + 1 and replay_key.number == second.number + 1
     assert store.get(second.id).number == second.number
     assert store.by_number(second.number) == second.id
     assert store.by_number(replay_key.number + 1) is None and store.by_number(0) is None
     store.discard(second.id)
     assert store.by_number(second.number) is None
-    assert store.create(job(), ["d"]).job.number == replay_key.number + 1  # never reused
+    assert create(store, job(), ["d"]).job.number == replay_key.number + 1  # never reused
 
 
 def test_steps_and_summary_are_saved_with_the_record(store):
     made = Job(id=new_job_id(), model="tiny-diffusion", total=2, batch_size=1, steps_total=40,
                summary={"prompt": "a sunset", "negative_prompt": None, "num_steps": 20})
-    store.create(made, [{"prompt": "a sunset"}, {"prompt": "a sunrise"}])
+    create(store, made, [{"prompt": "a sunset"}, {"prompt": "a sunrise"}])
     assert store.get(made.id).summary == made.summary and store.get(made.id).steps_done == 0
-    attempt = store.claim(made.id)
-    assert store.progress(made.id, attempt, 0, 0, 7)
+    attempt = store.claim(made.id, 0, W)
+    assert store.progress(made.id, 0, attempt, 0, 0, 7)
     assert (store.get(made.id).steps_done, store.get(made.id).done) == (7, 0)
-    assert store.progress(made.id, attempt, 1, 1, 20)
+    assert store.progress(made.id, 0, attempt, 1, 1, 20)
     store.cancel(made.id)
-    assert not store.progress(made.id, attempt, 1, 0, 25)  # cancelled: the steps stop counting
+    assert not store.progress(made.id, 0, attempt, 1, 0, 25)  # cancelled: the steps stop counting
     assert store.get(made.id).steps_done == 20 and store.get(made.id).summary == made.summary
-    plain = store.create(job(), ["a"]).job
+    plain = create(store, job(), ["a"]).job
     assert store.get(plain.id).summary is None and store.get(plain.id).steps_total == 0
 
 
@@ -411,7 +426,7 @@ def test_a_jobs_db_of_an_earlier_release_gains_the_new_columns(tmp_path):
     store = SqliteJobStore(path)
     earlier = store.get("a" * 32)
     assert earlier.status == SUCCEEDED and earlier.number == 0 and earlier.summary is None
-    fresh = store.create(job(), ["x"]).job
+    fresh = create(store, job(), ["x"]).job
     assert fresh.number == 1 and store.by_number(1) == fresh.id
 
 
@@ -437,7 +452,7 @@ def test_active_jobs_by_model_follow_every_transition(store):
     def made(model: str, total: int, created_at: float) -> str:
         record = job(total=total)
         record.model, record.created_at = model, created_at
-        return store.create(record, ["x"] * total).job.id
+        return create(store, record, ["x"] * total).job.id
 
     t = now()
     a1, a2, a3 = made("a", 4, t - 30), made("a", 6, t - 10), made("a", 1, t - 5)
@@ -448,19 +463,19 @@ def test_active_jobs_by_model_follow_every_transition(store):
     assert found["a"].oldest_queued_at == pytest.approx(t - 30)
     assert (found["b"].queued, found["b"].queued_inputs) == (1, 2)
 
-    assert store.claim(a1) == 1  # the oldest leaves the queue: the next one is oldest
+    assert store.claim(a1, 0, W) == 1  # the oldest leaves the queue: the next one is oldest
     store.cancel(a3)
     found = store.active()["a"]
     assert (found.queued, found.running, found.queued_inputs) == (1, 1, 6)
     assert found.oldest_queued_at == pytest.approx(t - 10)
 
-    assert store.release(a1, 1)  # handed back: queued again, by its creation time
+    assert store.release(a1, 0, 1)  # handed back: queued again, by its creation time
     assert store.active()["a"].oldest_queued_at == pytest.approx(t - 30)
-    assert store.claim(a1) == 2
-    assert store.requeue_stale(now() + 1, max_attempts=5) == ([a1], [])
+    assert store.claim(a1, 0, W) == 2
+    assert store.requeue_stale(now() + 1, max_attempts=5) == ([(a1, 0)], [])
     assert store.active()["a"].queued == 2
-    assert store.claim(a1) == 3 and store.finish(a1, 3, SUCCEEDED)
-    assert store.claim(a2) == 1 and store.finish(a2, 1, FAILED, "x", "y")
+    assert store.claim(a1, 0, W) == 3 and succeed(store, a1, 3)
+    assert store.claim(a2, 0, W) == 1 and store.finish(a2, 0, 1, FAILED, "x", "y")
     store.discard(b1)
     assert store.active() == {}  # finished, cancelled and discarded jobs are not active
 
@@ -468,6 +483,77 @@ def test_active_jobs_by_model_follow_every_transition(store):
 def test_a_jobs_trace_context_round_trips(store):
     record = job()
     record.trace_context = {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01", "tracestate": "vendor=x"}
-    made = store.create(record, ["a"])
+    made = create(store, record, ["a"])
     assert store.get(made.job.id).trace_context == record.trace_context
-    assert store.get(store.create(job(), ["b"]).job.id).trace_context is None
+    assert store.get(create(store, job(), ["b"]).job.id).trace_context is None
+
+
+def test_shards_are_claimed_apart_and_the_last_one_starts_the_join(store):
+    record = job(total=7, shard_size=3)  # shards [0, 3) [3, 6) [6, 7), then the join
+    job_id = create(store, record, list("abcdefg")).job.id
+    assert [(s.index, s.status) for s in store.shards(job_id)] == [(0, QUEUED), (1, QUEUED), (2, QUEUED), (3, WAITING)]
+    assert [store.shard_inputs(job_id, i) for i in range(3)] == [list("abc"), list("def"), ["g"]]
+    assert store.claim(job_id, 3, W) is None  # the join waits for the data shards
+    assert store.claim(job_id, 1, "host:2") == 1 and store.get(job_id).status == RUNNING
+    assert store.claim(job_id, 0, "host:3") == 1
+    assert store.progress(job_id, 1, 1, 2, 2) and store.progress(job_id, 0, 1, 1, 1)
+    assert store.progress(job_id, 1, 1, 2, 0)  # saved again: the job's figures move by the difference
+    running = store.get(job_id)
+    assert (running.done, running.computed, running.shards_done) == (3, 3, 0)
+    assert store.complete(job_id, 1, 1, 1) == (True, None)
+    assert store.shard_inputs(job_id, 1) is None  # a done shard's inputs are never read again
+    assert store.complete(job_id, 1, 1, 0) == (False, None)  # done stays done
+    assert store.complete(job_id, 0, 1, 2) == (True, None)
+    assert store.claim(job_id, 2, "host:2") == 1
+    completed, join = store.complete(job_id, 2, 1, 1)
+    assert completed and join == 1
+    state = store.get(job_id)
+    assert (state.status, state.done, state.computed, state.shards_done) == (RUNNING, 7, 7, 3)
+    shards = store.shards(job_id)
+    assert [s.worker for s in shards] == ["host:3", "host:2", "host:2", "host:2"]  # the join: the last one's
+    assert [s.status for s in shards] == [SUCCEEDED] * 3 + [RUNNING]
+    assert store.finish(job_id, 3, join, SUCCEEDED)
+    assert store.get(job_id).status == SUCCEEDED and store.shards(job_id)[3].status == SUCCEEDED
+
+
+def test_a_failed_or_cancelled_job_stops_every_shard(store):
+    failed = create(store, job(total=6, shard_size=2), list("abcdef")).job.id
+    assert store.claim(failed, 0, W) == 1 and store.claim(failed, 1, W) == 1
+    assert store.finish(failed, 1, 1, FAILED, "internal_error", "the worker failed: ValueError")
+    assert not store.progress(failed, 0, 1, 1, 1)  # the other shard's next save fails: it stops
+    assert store.claim(failed, 2, W) is None  # and a queued one is never taken
+    assert [s.status for s in store.shards(failed)] == [CANCELLED, FAILED, CANCELLED, CANCELLED]
+    assert store.get(failed).error_code == "internal_error"
+    cancelled = create(store, job(total=6, shard_size=2), list("abcdef")).job.id
+    assert store.claim(cancelled, 2, W) == 1
+    assert store.cancel(cancelled).status == CANCELLED
+    assert not store.heartbeat(cancelled, 2, 1) and store.claim(cancelled, 0, W) is None
+    assert store.shard_inputs(cancelled, 0) is None
+    assert store.requeue_stale(now() + 1, max_attempts=3) == ([], [])  # nothing of them to take back
+
+
+def test_a_stale_shard_is_queued_again_while_the_others_go_on(store):
+    job_id = create(store, job(total=4, shard_size=2), list("abcd")).job.id
+    assert store.claim(job_id, 0, W) == 1 and store.claim(job_id, 1, "host:2") == 1
+    cutoff = now() + 0.5
+    wait_for(lambda: now() > cutoff, 5, "the cutoff to pass")
+    assert store.heartbeat(job_id, 1, 1)  # shard 1 is alive, shard 0's worker is gone
+    assert store.requeue_stale(cutoff, max_attempts=2) == ([(job_id, 0)], [])
+    assert store.get(job_id).status == RUNNING  # shard 1 still runs
+    assert store.release(job_id, 1, 1)  # and is handed back: no shard runs, the job waits
+    assert store.get(job_id).status == QUEUED
+    assert store.claim(job_id, 0, W) == 2
+    assert store.get(job_id).attempt == 2
+    assert store.requeue_stale(now() + 1, max_attempts=2) == ([], [job_id])
+    lost = store.get(job_id)
+    assert lost.status == FAILED and lost.error_code == "worker_lost" and "shard 0" in lost.error_message
+
+
+def test_a_skipping_job_gets_its_exhausted_shard_back_instead_of_failing(store):
+    record = job(total=4, shard_size=2)
+    record.on_error = "skip"
+    job_id = create(store, record, list("abcd")).job.id
+    assert store.claim(job_id, 0, W) == 1
+    assert store.requeue_stale(now() + 1, max_attempts=1) == ([(job_id, 0)], [])
+    assert store.claim(job_id, 0, W) == 2  # past its attempts: the runner writes its error lines
+    assert store.get(job_id).on_error == "skip"
