@@ -27,6 +27,7 @@ import time
 from dataclasses import fields
 from typing import Any, Sequence
 
+import orjson
 import redis
 
 from jobs.records import LOST, STATES, WORKER_KEPT_S, Created, Job, ModelQueue, Shard, WorkerBeats, now
@@ -143,13 +144,17 @@ elseif action == 'heartbeat' then
   redis.call('HSET', KEYS[2], 'heartbeat_at', t)
   redis.call('HSET', KEYS[1], 'heartbeat_at', t)
   redis.call('ZADD', KEYS[8], t, ARGV[6])
-elseif action == 'complete' then  -- the shard's size, computed
+elseif action == 'complete' then  -- computed
+  local total, size = tonumber(redis.call('HGET', KEYS[1], 'total')), tonumber(redis.call('HGET', KEYS[1], 'shard_size'))
+  if size == 0 then size = total end
+  local lo = tonumber(ARGV[2]) * size
+  local inputs = math.min(lo + size, total) - lo
   local done = tonumber(redis.call('HGET', KEYS[2], 'done'))
-  redis.call('HSET', KEYS[2], 'status', 'succeeded', 'done', ARGV[7], 'heartbeat_at', t, 'finished_at', t)
+  redis.call('HSET', KEYS[2], 'status', 'succeeded', 'done', inputs, 'heartbeat_at', t, 'finished_at', t)
   redis.call('ZREM', KEYS[8], ARGV[6])
   redis.call('HDEL', KEYS[5], ARGV[2])
-  redis.call('HINCRBY', KEYS[1], 'done', tonumber(ARGV[7]) - done)
-  redis.call('HINCRBY', KEYS[1], 'computed', ARGV[8])
+  redis.call('HINCRBY', KEYS[1], 'done', inputs - done)
+  redis.call('HINCRBY', KEYS[1], 'computed', ARGV[7])
   redis.call('HSET', KEYS[1], 'heartbeat_at', t)
   redis.call('HINCRBY', KEYS[1], 'shards_running', -1)
   local n = tonumber(redis.call('HGET', KEYS[1], 'shard_count'))
@@ -329,7 +334,7 @@ class RedisJobStore:
         outcome = self._create(
             keys=[self._key(job.id), self._key(job.id) + ":inputs", self._idempotency(job.idempotency_key), self._counts,
                   f"{self.ns}:numbers", self._numbers, self._queued],
-            args=[job.id, repr(job.created_at), len(shards), *map(json.dumps, shards), *self._encode(job)],
+            args=[job.id, repr(job.created_at), len(shards), *map(orjson.dumps, shards), *self._encode(job)],
         )
         if isinstance(outcome, str):
             previous = self.get(outcome)
@@ -347,7 +352,7 @@ class RedisJobStore:
 
     def shard_inputs(self, job_id: str, index: int) -> Any:
         data = self.redis.hget(self._key(job_id) + ":inputs", str(index))
-        return json.loads(data) if data else None
+        return orjson.loads(data) if data else None
 
     def shards(self, job_id: str) -> list[Shard]:
         count = self.redis.hget(self._key(job_id), "shard_count")
@@ -385,11 +390,7 @@ class RedisJobStore:
         return self._owned_call(job_id, index, attempt, "heartbeat") is not None
 
     def complete(self, job_id: str, index: int, attempt: int, computed: int) -> tuple[bool, int | None]:
-        job = self.get(job_id)
-        if job is None:
-            return False, None
-        lo, hi = job.shard_range(index)
-        outcome = self._owned_call(job_id, index, attempt, "complete", hi - lo, computed)
+        outcome = self._owned_call(job_id, index, attempt, "complete", computed)
         if outcome is None:
             return False, None
         return True, (int(outcome[1]) if len(outcome) > 1 else None)

@@ -101,7 +101,7 @@ def worker_name() -> str:
 def skipped_lines(lo: int, hi: int, code: str, message: str) -> bytes:
     """A skipped shard's part: one error line per input."""
     error = {"code": code, "message": message}
-    return b"".join(orjson.dumps({"index": i, "error": error}) + b"\n" for i in range(lo, hi))
+    return b"".join(orjson.dumps({"index": i, "error": error}, option=orjson.OPT_APPEND_NEWLINE) for i in range(lo, hi))
 
 
 @dataclass
@@ -245,11 +245,14 @@ class JobRunner:
         if len(inputs) != hi - lo:
             raise RuntimeError(f"shard {index} holds {len(inputs)} inputs, not {hi - lo}")
         units = self._steps(job, inputs)
-        # From nothing: what a lost attempt had counted of this shard is computed again.
-        if not self.store.progress(job.id, index, attempt, 0, 0, 0):
+        # From nothing: what a lost attempt had counted of this shard is computed again
+        # (and a model's steps are shown from 0).
+        if (attempt > 1 or job.steps_total) and not self.store.progress(job.id, index, attempt, 0, 0, 0):
             return self._lost(job.id, index), 0
         lines: list[bytes] = []
         done = steps = computed = 0
+        ok_inputs, failed_inputs = metrics.JOB_INPUTS.labels(job.model, "ok"), metrics.JOB_INPUTS.labels(job.model, "failed")
+        batch_duration = metrics.JOB_BATCH_DURATION.labels(job.model)
         saved_at = time.monotonic()
         batch = max(1, min(job.batch_size, hi - lo))
         for start in range(0, len(inputs), batch):
@@ -265,16 +268,16 @@ class JobRunner:
                 with tracing.span("job batch", {"serve.job.batch.index": (lo + start) // batch,
                                                 "serve.batch.size": end - start}), \
                         reporting(StepProgress(self.store, job, index, attempt, done, steps)):
-                    rows = run_batch(self.predictor, job.model, inputs[start:end], job.parameters, save)
+                    rows = run_batch(self.predictor, job.model, inputs[start:end], job.parameters, save, lo + start)
             except Stopped:
                 log.info("job %s: cancelled or taken over during input %d/%d", job.id, lo + done + 1, job.total)
                 return self._lost(job.id, index), 0
-            lines += [orjson.dumps({"index": lo + start + i, **row}) + b"\n" for i, row in enumerate(rows)]
+            lines += [orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows]
             failed = sum(1 for row in rows if "error" in row)
-            metrics.JOB_INPUTS.labels(job.model, "ok").inc(len(rows) - failed)
+            ok_inputs.inc(len(rows) - failed)
             if failed:
-                metrics.JOB_INPUTS.labels(job.model, "failed").inc(failed)
-            metrics.JOB_BATCH_DURATION.labels(job.model).observe(time.perf_counter() - started)
+                failed_inputs.inc(failed)
+            batch_duration.observe(time.perf_counter() - started)
             done, steps = end, steps + sum(units[start:end])
             computed += end - start
             # Saved at most every PROGRESS_S (and by the shard's completion):

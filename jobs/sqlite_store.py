@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import orjson
+
 from jobs.records import (
     ACTIVE, CANCELLED, FAILED, LOST, ON_ERROR_SKIP, QUEUED, RUNNING, STATES, SUCCEEDED, WAITING, WORKER_KEPT_S,
     Created, Job, ModelQueue, Shard, WorkerBeats, now, shard_count,
@@ -182,7 +184,7 @@ class SqliteJobStore:
             )
             conn.executemany(
                 "insert into shard_inputs (job_id, idx, data) values (?, ?, ?)",
-                [(job.id, i, json.dumps(spec).encode()) for i, spec in enumerate(shards)],
+                [(job.id, i, orjson.dumps(spec)) for i, spec in enumerate(shards)],
             )
         return Created(job, created=True)
 
@@ -197,7 +199,7 @@ class SqliteJobStore:
         row = self._conn.execute(
             "select data from shard_inputs where job_id = ? and idx = ?", (job_id, index)
         ).fetchone()
-        return json.loads(row["data"]) if row else None
+        return orjson.loads(row["data"]) if row else None
 
     def shards(self, job_id: str) -> list[Shard]:
         rows = self._conn.execute(

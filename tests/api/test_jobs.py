@@ -263,3 +263,80 @@ def test_hostile_multipart_fields_are_4xx_not_a_crash(client):
     assert r.status_code == 422, r.data
     assert [item["field"] for item in r.json["error"]["details"]] == ["parameters.maxResults"]
     assert client.post("/v1/jobs/upload", data=body, headers={"Content-Type": "text/plain"}).status_code == 415
+
+
+@pytest.fixture
+def faulty(settings, tmp_path):
+    """An app over sentiment and the faulty model (``boom`` raises in the model call)."""
+    import shutil
+
+    from predict import ModelRegistry
+    from tests.faulty_adapter import write_faulty_model_folder
+
+    root = tmp_path / "faulty-models"
+    shutil.copytree(settings.model_repository / "sentiment", root / "sentiment")
+    write_faulty_model_folder(root)
+    registry = ModelRegistry(root)
+    registry.load_all()
+    settings.model_repository = root
+    return create_app(settings, registry=registry), registry
+
+
+def drain(app, registry, job_id: str, max_attempts: int) -> list[tuple[int, str]]:
+    """Run the job's shards as worker processes would, retries included:
+    (shard, its attempt's outcome log) in the order they ran."""
+    backends = app.extensions[JOBS_EXTENSION].backends
+    queue = [(job_id, shard) for shard in range(backends.store.get(job_id).shards)]
+    runner = JobRunner(backends.store, backends.results, Predictor(registry, batching=False), heartbeat_s=5,
+                       requeue=lambda *message: queue.append(message), max_attempts=max_attempts)
+    ran = []
+    while queue:
+        message = queue.pop(0)
+        runner(*message)
+        ran.append(message[1])
+    return ran
+
+
+def test_a_shard_that_keeps_failing_is_retried_then_skipped_or_fails_the_job(faulty):
+    app, registry = faulty
+    client = app.test_client()
+    inputs = ["a fine review", "boom goes the model", "a second fine one", "and a third"]
+    skip = client.post("/v1/jobs", json={"model": "faulty", "inputs": inputs, "shard_size": 2, "on_error": "skip"})
+    assert skip.status_code == 202 and skip.get_json()["shards"]["total"] == 2 and skip.get_json()["on_error"] == "skip"
+    job_id = skip.get_json()["id"]
+    assert drain(app, registry, job_id, max_attempts=2) == [0, 1, 0]  # shard 0 retried once, then skipped
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "succeeded" and job["attempts"] == 2 and job["progress"]["done"] == 4
+    lines = [json.loads(line) for line in client.get(f"/v1/jobs/{job_id}/result").get_data(as_text=True).splitlines()]
+    assert [line["index"] for line in lines] == [0, 1, 2, 3]
+    for line in lines[:2]:  # the whole failed shard: one error line per input
+        assert line["error"]["code"] == "internal_error"
+        assert line["error"]["message"] == "the worker failed: RuntimeError (shard 0, 2 attempts)"
+    assert [line["output"]["category"] for line in lines[2:]] == ["short", "short"]
+
+    fail = client.post("/v1/jobs", json={"model": "faulty", "inputs": inputs, "shard_size": 2})
+    job_id = fail.get_json()["id"]
+    assert fail.get_json()["on_error"] == "fail"
+    drain(app, registry, job_id, max_attempts=3)
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "failed" and job["attempts"] == 3
+    assert job["error"] == {"code": "internal_error", "message": "the worker failed: RuntimeError"}
+    assert client.get(f"/v1/jobs/{job_id}/result").status_code == 409
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"shard_size": 0}, "shard_size"),
+    ({"shard_size": 2.5}, "shard_size"),
+    ({"on_error": "ignore"}, "on_error"),
+    ({"inputs_uri": "/data/in.jsonl"}, "inputs_uri"),  # both inputs and inputs_uri
+])
+def test_bad_shard_options_are_refused(client, extra, field):
+    r = submit(client, {"model": "sentiment", "inputs": ["ok"], **extra})
+    assert r.status_code == 422, r.get_json()
+    assert field in [d["field"] for d in r.get_json()["error"]["details"]]
+
+
+def test_inputs_by_reference_are_refused_unless_allowed(client):
+    r = submit(client, {"model": "sentiment", "inputs_uri": "s3://bucket/inputs.jsonl"})
+    assert r.status_code == 422
+    assert "SERVE_JOB_INPUT_URIS" in r.get_json()["error"]["message"]
