@@ -74,8 +74,9 @@ serve: $(QUICK_MODELS)
 	$(BIN)/python -m jobs.launch --then "nice -n 10 $(MAKE) --no-print-directory models"
 
 # A job worker alone: more workers, or workers on other machines (REDIS_URL).
+# make worker PROCESSES=4: that many job processes (SERVE_JOB_WORKERS).
 worker: models
-	$(BIN)/python -m jobs.worker
+	$(if $(PROCESSES),SERVE_JOB_WORKERS=$(PROCESSES) )$(BIN)/python -m jobs.worker
 
 browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || scripts/apt-install.sh chromium chromium-driver
@@ -113,7 +114,8 @@ bench: $(DEV_STAMP) models
 	$(BIN)/pip install -q -r requirements-bench.txt
 	$(BIN)/python bench/run.py
 
-# Background jobs vs the synchronous endpoint, on both backends; a few minutes.
+# Background jobs: shard overhead, scale over 1/2/4 job processes, memory on a job from S3, and a job
+# against the synchronous endpoint, on both backends; about fifteen minutes.
 bench-jobs: $(DEV_STAMP) models redis
 	$(BIN)/python bench/jobs.py
 

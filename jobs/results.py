@@ -34,6 +34,10 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 #: A job's file: its input's index and the task's suffix (``00000003.png``).
 FILE_NAME = re.compile(r"\d{8}\.[a-z0-9]{1,8}")
 MARKER = "job.json"
+#: The join of a job's parts in object storage: held in memory up to this, then on disk.
+JOIN_SPOOL = 1024 * 1024
+#: Its upload's multipart chunks, one at a time (S3's smallest part is 5 MiB).
+JOIN_CHUNK = 5 * 1024 * 1024
 
 
 def file_name(index: int, suffix: str) -> str:
@@ -242,9 +246,12 @@ class S3Results:
         return {int(m.group(1)) for key in self._part_keys(job_id) if (m := _PART.search(key))}
 
     def finalize(self, job_id: str, count: int) -> None:
-        # Spool the joined parts (to disk past 64 MiB) and upload once; boto3
-        # switches to a multipart upload for large results by itself.
-        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as joined:
+        # Spool the joined parts (to disk past JOIN_SPOOL bytes) and upload once,
+        # in multipart chunks of JOIN_CHUNK one at a time: what the join holds
+        # in memory is bounded, whatever the job's size.
+        from boto3.s3.transfer import TransferConfig
+
+        with tempfile.SpooledTemporaryFile(max_size=JOIN_SPOOL) as joined:
             for i in range(count):
                 body = self.client.get_object(Bucket=self.bucket, Key=self._key(job_id, "parts/" + _part_name(i)))["Body"]
                 shutil.copyfileobj(body, joined)
@@ -252,6 +259,7 @@ class S3Results:
             self.client.upload_fileobj(
                 joined, self.bucket, self._key(job_id, "results.jsonl"),
                 ExtraArgs={"ContentType": "application/x-ndjson"},
+                Config=TransferConfig(multipart_threshold=JOIN_CHUNK, multipart_chunksize=JOIN_CHUNK, max_concurrency=1),
             )
         self._delete_keys(self._part_keys(job_id))
 

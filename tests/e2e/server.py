@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -213,6 +214,14 @@ class JobWorker(Process):
         # Ready once it logged so (models loaded, consumer about to fork).
         wait_for(lambda: self.check_alive() or "job worker ready" in self.log(), 120, "the job worker")
         return self
+
+    def processes(self) -> set[int]:
+        """Its job processes alive now: its children that logged that they started as one."""
+        started = {int(m.group(1)) for m in re.finditer(r"job worker process (\d+):", self.log())}
+        found: set[int] = set()
+        for task in os.listdir(f"/proc/{self.process.pid}/task"):
+            found |= {int(child) for child in Path(f"/proc/{self.process.pid}/task/{task}/children").read_text().split()}
+        return started & found
 
 
 class RedisServer(Process):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import zipfile
@@ -39,14 +38,6 @@ PACED = {"task": "text-classification", "adapter": "tests.slow_adapter:PacedClas
          "batching": {"max_batch_size": 64, "max_wait_ms": 0, "max_queue": 256}}
 
 
-def children(pid: int) -> set[int]:
-    """The processes ``pid`` forked (the job worker's huey processes)."""
-    found: set[int] = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        found |= {int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()}
-    return found
-
-
 class Sharded(Stack):
     def submit_job(self, body: dict) -> dict:
         r = requests.post(f"{self.url}/v1/jobs", json=body, timeout=60)
@@ -62,10 +53,7 @@ class Sharded(Stack):
         return self.store().shards(job_id)
 
     def pids(self) -> set[int]:
-        """The job processes alive now: the worker's children that said they started as one."""
-        started = {int(m.group(1)) for r in self.log_records()
-                   if (m := re.match(r"job worker process (\d+):", r["message"]))}
-        return started & children(self.worker.process.pid)
+        return self.worker.processes()
 
     def predict(self, model: str, inputs: list) -> list:
         outputs = []
