@@ -261,6 +261,7 @@ def timed_job(server: GunicornServer, worker: JobWorker, body: dict, timeout: fl
     job = wait_for(finished, timeout, "the job", interval=0.5)
     assert job["status"] == "succeeded", job
     job["seconds"] = _seconds(job["finished_at"]) - _seconds(job["created_at"])
+    job["run_seconds"] = _seconds(job["finished_at"]) - _seconds(job["started_at"])  # from the first claim
     return job
 
 
@@ -277,6 +278,7 @@ def scale(backend: str, tmp: Path, redis_url: str, inputs: list[str], rounds: in
     }
     server = GunicornServer(tmp, env=env).start()
     seconds: dict[int, list[float]] = {p: [] for p in PROCESSES}
+    running: dict[int, list[float]] = {p: [] for p in PROCESSES}
     try:
         for _ in range(rounds):
             for processes in PROCESSES:
@@ -286,15 +288,18 @@ def scale(backend: str, tmp: Path, redis_url: str, inputs: list[str], rounds: in
                     # Warm every process (its first shard pays the imports) before timing.
                     timed_job(server, worker, {"model": "sentiment", "inputs": inputs[: 50 * processes],
                                                "shard_size": 50})
-                    seconds[processes].append(timed_job(server, worker, {"model": "sentiment",
-                                                                         "inputs": inputs})["seconds"])
+                    job = timed_job(server, worker, {"model": "sentiment", "inputs": inputs})
+                    seconds[processes].append(job["seconds"])
+                    running[processes].append(job["run_seconds"])
                 finally:
                     worker.stop()
     finally:
         server.stop()
-    one = len(inputs) / statistics.median(seconds[1])
-    return [{"backend": backend, "processes": p, "texts_per_s": len(inputs) / statistics.median(seconds[p]),
-             "ratio": len(inputs) / statistics.median(seconds[p]) / one, "seconds": seconds[p]} for p in PROCESSES]
+    rate = {p: len(inputs) / statistics.median(seconds[p]) for p in PROCESSES}
+    run_rate = {p: len(inputs) / statistics.median(running[p]) for p in PROCESSES}
+    return [{"backend": backend, "processes": p, "texts_per_s": rate[p], "ratio": rate[p] / rate[1],
+             "run_texts_per_s": run_rate[p], "run_ratio": run_rate[p] / run_rate[1],
+             "seconds": seconds[p], "run_seconds": running[p]} for p in PROCESSES]
 
 
 # --- memory: a big job read from S3 ----------------------------------------------
@@ -410,17 +415,18 @@ def main() -> None:
             rows = scale("redis", tmp, redis_server.url, inputs, args.rounds) + \
                 scale("embedded", tmp, redis_server.url, inputs, args.rounds)
             report["scale"] = {"tight_loop_texts_per_s": loop, "rows": rows}
-            print(f"\nOne job of {len(inputs)} texts to `sentiment` (shard size from SERVE_JOB_SHARD_SIZE, batch 64),"
-                  f" creation to finish, medians of {args.rounds} rounds; tight loop in one process: {loop:.0f} texts/s")
-            print(f"{'backend':<9} {'processes':>9} {'texts/s':>9} {'vs 1 process':>13} {'vs tight loop':>14}")
+            print(f"\nOne job of {len(inputs)} texts to `sentiment` (shard size SERVE_JOB_SHARD_SIZE, batch 64),"
+                  f" medians of {args.rounds} rounds; the model in a tight loop in one process: {loop:.0f} texts/s")
+            print("(texts/s from the job's creation to its finish, and from its first shard's claim to its finish)")
+            print(f"{'backend':<9} {'processes':>9} {'texts/s':>9} {'vs 1 process':>13} {'from claim':>11}"
+                  f" {'vs 1 process':>13} {'vs tight loop':>14}")
             for row in rows:
                 print(f"{row['backend']:<9} {row['processes']:>9} {row['texts_per_s']:>9.0f} {row['ratio']:>12.2f}x"
-                      f" {row['texts_per_s'] / loop:>13.2f}x")
+                      f" {row['run_texts_per_s']:>11.0f} {row['run_ratio']:>12.2f}x {row['texts_per_s'] / loop:>13.2f}x")
             for backend in ("redis", "embedded"):
                 by = {row["processes"]: row["ratio"] for row in rows if row["backend"] == backend}
                 print(f"{backend}: 2 processes {by[2]:.2f}x one (target >= 1.8: {'PASS' if by[2] >= 1.8 else 'MISS'}),"
-                      f" 4 processes {by[4] / by[2]:.2f}x two (target >= 1 within noise:"
-                      f" {'PASS' if by[4] >= 0.95 * by[2] else 'MISS'})")
+                      f" 4 processes {by[4] / by[2]:.2f}x two (target >= 1: {'PASS' if by[4] >= by[2] else 'MISS'})")
         if "memory" in parts:
             rows = memory(tmp, redis_server.url, inputs)
             report["memory"] = rows

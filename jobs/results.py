@@ -34,10 +34,9 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 #: A job's file: its input's index and the task's suffix (``00000003.png``).
 FILE_NAME = re.compile(r"\d{8}\.[a-z0-9]{1,8}")
 MARKER = "job.json"
-#: The join of a job's parts in object storage: held in memory up to this, then on disk.
-JOIN_SPOOL = 1024 * 1024
-#: Its upload's multipart chunks, one at a time (S3's smallest part is 5 MiB).
-JOIN_CHUNK = 5 * 1024 * 1024
+#: The upload of a job's joined parts to object storage: multipart chunks of
+#: this, one at a time (S3's smallest part is 5 MiB).
+JOIN_CHUNK = 8 * 1024 * 1024
 
 
 def file_name(index: int, suffix: str) -> str:
@@ -246,18 +245,19 @@ class S3Results:
         return {int(m.group(1)) for key in self._part_keys(job_id) if (m := _PART.search(key))}
 
     def finalize(self, job_id: str, count: int) -> None:
-        # Spool the joined parts (to disk past JOIN_SPOOL bytes) and upload once,
-        # in multipart chunks of JOIN_CHUNK one at a time: what the join holds
-        # in memory is bounded, whatever the job's size.
+        # Join the parts in a file on local disk, then upload it by name: boto3
+        # reads a named file part by part as it sends it (JOIN_CHUNK each, one
+        # at a time), where a file object's parts are read into memory ahead,
+        # so what the join holds in memory is bounded whatever the job's size.
         from boto3.s3.transfer import TransferConfig
 
-        with tempfile.SpooledTemporaryFile(max_size=JOIN_SPOOL) as joined:
+        with tempfile.NamedTemporaryFile(prefix="serve-http-join-") as joined:
             for i in range(count):
                 body = self.client.get_object(Bucket=self.bucket, Key=self._key(job_id, "parts/" + _part_name(i)))["Body"]
                 shutil.copyfileobj(body, joined)
-            joined.seek(0)
-            self.client.upload_fileobj(
-                joined, self.bucket, self._key(job_id, "results.jsonl"),
+            joined.flush()
+            self.client.upload_file(
+                joined.name, self.bucket, self._key(job_id, "results.jsonl"),
                 ExtraArgs={"ContentType": "application/x-ndjson"},
                 Config=TransferConfig(multipart_threshold=JOIN_CHUNK, multipart_chunksize=JOIN_CHUNK, max_concurrency=1),
             )

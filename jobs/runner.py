@@ -250,11 +250,11 @@ class JobRunner:
         if (attempt > 1 or job.steps_total) and not self.store.progress(job.id, index, attempt, 0, 0, 0):
             return self._lost(job.id, index), 0
         lines: list[bytes] = []
+        batch = max(1, min(job.batch_size, len(inputs)))
         done = steps = computed = 0
         ok_inputs, failed_inputs = metrics.JOB_INPUTS.labels(job.model, "ok"), metrics.JOB_INPUTS.labels(job.model, "failed")
         batch_duration = metrics.JOB_BATCH_DURATION.labels(job.model)
         saved_at = time.monotonic()
-        batch = max(1, min(job.batch_size, hi - lo))
         for start in range(0, len(inputs), batch):
             end = min(start + batch, len(inputs))
 
@@ -269,8 +269,8 @@ class JobRunner:
                                                 "serve.batch.size": end - start}), \
                         reporting(StepProgress(self.store, job, index, attempt, done, steps)):
                     rows = run_batch(self.predictor, job.model, inputs[start:end], job.parameters, save, lo + start)
-            except Stopped:
-                log.info("job %s: cancelled or taken over during input %d/%d", job.id, lo + done + 1, job.total)
+            except Stopped:  # cancelled or taken over between two steps of an input
+                log.info("job %s shard %d: stopped during input %d/%d", job.id, index, lo + done + 1, job.total)
                 return self._lost(job.id, index), 0
             lines += [orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows]
             failed = sum(1 for row in rows if "error" in row)
@@ -285,7 +285,6 @@ class JobRunner:
             if end < len(inputs) and (units[start] or time.monotonic() - saved_at >= PROGRESS_S):
                 saved_at = time.monotonic()
                 if not self.store.progress(job.id, index, attempt, done, computed, steps):
-                    log.info("job %s: cancelled or taken over at %d/%d", job.id, lo + done, job.total)
                     return self._lost(job.id, index), 0
                 computed = 0
         self.results.write_part(job.id, index, b"".join(lines))

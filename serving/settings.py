@@ -190,7 +190,7 @@ class Settings(BaseSettings):
     job_max_inputs: int = Field(100_000, gt=0, description="Most inputs one job may carry (422 above).")
     job_batch_size: int = Field(64, gt=0, description="Inputs per model call in a job worker.")
     job_shard_size: int = Field(
-        2000, gt=0, description="Inputs per shard of a job: each shard is its own queue message, taken by any idle "
+        5000, gt=0, description="Inputs per shard of a job: each shard is its own queue message, taken by any idle "
         "job worker process, retried and saved on its own (a request's shard_size overrides it)."
     )
     job_input_uris: str = Field(

@@ -102,7 +102,7 @@ def test_cancel_stops_a_generation_between_steps(stack):
     r = requests.delete(f"{stack.url}/v1/jobs/{row['job_id']}", timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     # The worker's pipeline stops at its next step, mid-image.
-    stack.server.wait_for(lambda: f"job {row['job_id']}: cancelled or taken over during input" in stack.worker.log(),
+    stack.server.wait_for(lambda: f"job {row['job_id']} shard 0: stopped during input 1/1" in stack.worker.log(),
                           60, "the worker to stop the generation")
     job = requests.get(f"{stack.url}/v1/jobs/{row['job_id']}", timeout=30).json()
     assert job["status"] == "cancelled" and running["progress"] <= job["progress"]["percent"] < 100
