@@ -75,8 +75,11 @@ serve: $(QUICK_MODELS)
 
 # A job worker alone: more workers, or workers on other machines (REDIS_URL).
 # make worker PROCESSES=4: that many job processes (SERVE_JOB_WORKERS).
+ifdef PROCESSES
+worker: export SERVE_JOB_WORKERS := $(PROCESSES)
+endif
 worker: models
-	$(if $(PROCESSES),SERVE_JOB_WORKERS=$(PROCESSES) )$(BIN)/python -m jobs.worker
+	$(BIN)/python -m jobs.worker
 
 browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || scripts/apt-install.sh chromium chromium-driver
