@@ -74,12 +74,13 @@ serve: $(QUICK_MODELS)
 	$(BIN)/python -m jobs.launch --then "nice -n 10 $(MAKE) --no-print-directory models"
 
 # A job worker alone: more workers, or workers on other machines (REDIS_URL).
+worker: models
+	$(BIN)/python -m jobs.worker
+
 # make worker PROCESSES=4: that many job processes (SERVE_JOB_WORKERS).
 ifdef PROCESSES
 worker: export SERVE_JOB_WORKERS := $(PROCESSES)
 endif
-worker: models
-	$(BIN)/python -m jobs.worker
 
 browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || scripts/apt-install.sh chromium chromium-driver
