@@ -219,7 +219,7 @@ class JobRunner:
         an earlier join did and died before saying so), and the job succeeded."""
         if not self.results.has_result(job.id):
             # Joining the parts takes a while in object storage: still beating.
-            with tracing.span("job done", {"serve.job.id": job.id, "serve.job.batches": job.shards}):
+            with tracing.span("job done", {"serve.job.id": job.id, "serve.job.shards": job.shards}):
                 self.results.finalize(job.id, job.shards)
         if self.store.finish(job.id, job.shards, attempt, SUCCEEDED):
             log.info("job %s: succeeded", job.id)
