@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -119,20 +120,22 @@ class SqliteJobStore:
                 # connection made before the fork is what SQLite warns against).
                 _INHERITED.append(conn)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("pragma journal_mode=wal")
-            conn.execute("pragma synchronous=normal")
-            conn.execute("pragma foreign_keys=on")
-            conn.executescript(_SCHEMA)
-            present = {row["name"] for row in conn.execute("pragma table_info(jobs)")}
-            for name, kind in _ADDED.items():
-                if name not in present:
-                    try:
+            # One opener at a time, across threads and processes (a web process
+            # and a worker starting together): switching a new file to WAL takes
+            # a lock SQLite's busy timeout does not wait for ("database is locked").
+            with open(self.path.with_name(self.path.name + ".lock"), "a") as guard:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("pragma journal_mode=wal")
+                conn.execute("pragma synchronous=normal")
+                conn.execute("pragma foreign_keys=on")
+                conn.executescript(_SCHEMA)
+                present = {row["name"] for row in conn.execute("pragma table_info(jobs)")}
+                for name, kind in _ADDED.items():
+                    if name not in present:
                         conn.execute(f"alter table jobs add column {name} {kind}")
-                    except sqlite3.OperationalError:  # another process added it meanwhile
-                        pass
-            conn.execute("create index if not exists jobs_number on jobs (number)")
+                conn.execute("create index if not exists jobs_number on jobs (number)")
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
