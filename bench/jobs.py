@@ -72,23 +72,12 @@ def sync_rate(server: GunicornServer, inputs: list[str], concurrency: int) -> fl
 def job_rate(server: GunicornServer, worker: JobWorker, inputs: list[str]) -> tuple[float, float]:
     """(texts/s from POST to results downloaded, seconds the worker ran the job)."""
     started = time.perf_counter()
-    r = requests.post(f"{server.url}/v1/jobs", json={"model": "sentiment", "inputs": inputs}, timeout=120)
-    assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-
-    def finished():
-        worker.check_alive()
-        job = requests.get(f"{server.url}/v1/jobs/{job_id}", timeout=30).json()
-        return job if job["status"] not in ("queued", "running") else None
-
-    job = wait_for(finished, 1800, "the job", interval=0.1)
-    assert job["status"] == "succeeded", job
-    result = requests.get(f"{server.url}/v1/jobs/{job_id}/result", timeout=300)
+    job = timed_job(server, worker, {"model": "sentiment", "inputs": inputs}, interval=0.1)
+    result = requests.get(f"{server.url}/v1/jobs/{job['id']}/result", timeout=300)
     lines = result.text.splitlines()
     seconds = time.perf_counter() - started
     assert len(lines) == len(inputs)
-    ran = _seconds(job["finished_at"]) - _seconds(job["started_at"])
-    return len(inputs) / seconds, ran
+    return len(inputs) / seconds, job["run_seconds"]
 
 
 def _seconds(stamp: str) -> float:
@@ -247,7 +236,10 @@ def tight_loop_rate(inputs: list[str]) -> float:
 PROCESSES = (1, 2, 4)
 
 
-def timed_job(server: GunicornServer, worker: JobWorker, body: dict, timeout: float = 1800) -> dict:
+def timed_job(server: GunicornServer, worker: JobWorker, body: dict, timeout: float = 1800,
+              interval: float = 0.5) -> dict:
+    """The job, once it succeeded, with its ``seconds`` from creation and ``run_seconds`` from its first claim.
+    Polled every ``interval`` (twice a second, as a client would: the times are the record's, not the polls')."""
     r = requests.post(f"{server.url}/v1/jobs", json=body, timeout=600)
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -257,8 +249,7 @@ def timed_job(server: GunicornServer, worker: JobWorker, body: dict, timeout: fl
         job = requests.get(f"{server.url}/v1/jobs/{job_id}", timeout=30).json()
         return job if job["status"] not in ("queued", "running") else None
 
-    # Polled twice a second, as a client would: the times are the record's, not the polls'.
-    job = wait_for(finished, timeout, "the job", interval=0.5)
+    job = wait_for(finished, timeout, "the job", interval=interval)
     assert job["status"] == "succeeded", job
     job["seconds"] = _seconds(job["finished_at"]) - _seconds(job["created_at"])
     job["run_seconds"] = _seconds(job["finished_at"]) - _seconds(job["started_at"])  # from the first claim

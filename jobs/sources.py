@@ -25,7 +25,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from jobs.results import s3_client
-from jobs.uploads import ZIP_MAGIC, line_item, open_zip, read_member, zip_members
+from jobs.uploads import ZIP_MAGIC, job_members, line_item, open_zip, read_member
 from serving.errors import ServeError, invalid
 from tasks.base import Limits, Task
 
@@ -194,13 +194,7 @@ class InputSources:
 
     def _index_zip(self, stream: IO[bytes], uri: str, task: Task, limits: Limits, shard_size: int,
                    max_inputs: int) -> Indexed:
-        members = zip_members(open_zip(stream))
-        if not members:
-            raise invalid("inputs", "the zip file holds no files")
-        if len(members) > max_inputs:
-            raise invalid("inputs", f"at most {max_inputs} inputs per job, the zip holds {len(members)}")
-        if not task.takes_files:
-            raise invalid("inputs", f"a zip of images needs an image model; {task.model.name!r} does {task.name}")
+        members = job_members(open_zip(stream), task, max_inputs)
         for info in members:  # from the central directory: nothing is decompressed here
             if info.file_size > limits.image.max_bytes:
                 raise invalid(f"inputs {info.filename}", f"larger than {limits.image.max_bytes} bytes")

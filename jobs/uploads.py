@@ -84,9 +84,9 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, max_item_bytes:
     return raw
 
 
-def _zip_files(stream: IO[bytes], task: Task, max_inputs: int, max_item_bytes: int) -> list[Any]:
-    """Every file of the archive, in name order, as the task reads a file."""
-    archive = open_zip(stream)
+def job_members(archive: zipfile.ZipFile, task: Task, max_inputs: int) -> list[zipfile.ZipInfo]:
+    """The archive's inputs (``zip_members``), refused unless there are some,
+    no more than ``max_inputs``, and ``task`` takes files."""
     members = zip_members(archive)
     if not members:
         raise invalid("inputs", "the zip file holds no files")
@@ -94,5 +94,11 @@ def _zip_files(stream: IO[bytes], task: Task, max_inputs: int, max_item_bytes: i
         raise invalid("inputs", f"at most {max_inputs} inputs per job, the zip holds {len(members)}")
     if not task.takes_files:
         raise invalid("inputs", f"a zip of images needs an image model; {task.model.name!r} does {task.name}")
+    return members
+
+
+def _zip_files(stream: IO[bytes], task: Task, max_inputs: int, max_item_bytes: int) -> list[Any]:
+    """Every file of the archive, in name order, as the task reads a file."""
+    archive = open_zip(stream)
     return [task.item_from_file(read_member(archive, info, max_item_bytes), f"inputs {info.filename}")
-            for info in members]
+            for info in job_members(archive, task, max_inputs)]
